@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install everything (scripts/setup.sh) and run the whole test suite:
+# linter (ruff), type checker (mypy), then pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+echo "== ruff"; .venv/bin/ruff check perception fusion agent server bench tests examples
+echo "== mypy"; .venv/bin/mypy
+echo "== pytest"; .venv/bin/pytest "$@"

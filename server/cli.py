@@ -1,0 +1,61 @@
+"""The ``mmagent`` command line: one entry point, subcommands contributed by each layer.
+
+The CLI sits at the top of the layer stack because it wires everything together. Each layer
+exposes ``register(subparsers)`` in its own ``cli`` module; a subcommand stores its handler in
+``func`` and returns a process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# Subcommand providers, bottom layer first. Each module has register(subparsers) -> None.
+_PROVIDERS = ("perception.cli", "fusion.cli", "agent.cli", "server.serve_cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmagent", description="Multimodal agent service.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _PROVIDERS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a layer not built yet must not break the others
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Nothing is ever fetched from a model hub at run time.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from perception.errors import MMAgentError
+
+    try:
+        return int(args.func(args) or 0)
+    except MMAgentError as exc:
+        print(f"mmagent: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
