@@ -1,0 +1,67 @@
+"""Shared pytest fixtures: every model loads once per test session.
+
+Layers add fixtures here in their own delimited blocks (edit only your block).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO_ROOT / "artifacts"
+
+
+def synth_speech(text: str, *, voice: str = "en-us", speed: int = 160, sample_rate: int = 16000,
+                 out: Path | None = None) -> tuple[np.ndarray, int]:
+    """Speak ``text`` with espeak-ng; return mono float32 samples at ``sample_rate``.
+
+    If ``out`` is given, the WAV (PCM16 at ``sample_rate``) is also written there.
+    """
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        pytest.fail("espeak-ng and sox are required (scripts/setup.sh installs them)")
+    raw = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text],
+                         check=True, capture_output=True).stdout
+    conv = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-r", str(sample_rate), "-c", "1",
+                           "-e", "signed-integer", "-b", "16", "-"],
+                          input=raw, check=True, capture_output=True).stdout
+    samples = np.frombuffer(conv, dtype=np.int16).astype(np.float32) / 32768.0
+    if out is not None:
+        import wave
+
+        with wave.open(str(out), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(sample_rate)
+            w.writeframes(conv)
+    return samples, sample_rate
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Folder for test artifacts (screenshots, reports); git-ignored."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+# ---- perception fixtures -------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def perception() -> Iterator[object]:
+    """The real Perception facade with the embedded default models, loaded once."""
+    from perception import Perception, PerceptionConfig
+
+    p = Perception(PerceptionConfig())
+    yield p
+
+# ---- end perception fixtures ---------------------------------------------------------------
