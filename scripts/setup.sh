@@ -36,7 +36,7 @@ fi
 
 echo "setup: building .venv"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q --upgrade pip==26.3 setuptools==84.2.1 wheel
 # torch==2.13.0 in the lock resolves to the CPU build where the machine has it on disk
 # (this project's machines do), else to PyPI's default build. See README "Why these torch builds".
 .venv/bin/python -m pip install -q --no-deps -r requirements.lock
