@@ -1,0 +1,63 @@
+"""Device choice and once-per-process lazy model loading shared by the encoders."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import torch
+
+from .errors import MMAgentError, ModelLoadError
+
+T = TypeVar("T")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → the first CUDA device when one is usable, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def torch_dtype(device: torch.device, fp16_on_cuda: bool) -> torch.dtype:
+    """fp16 on CUDA (twice the throughput, same rankings); fp32 on CPU, where fp16 is slow."""
+    return torch.float16 if device.type == "cuda" and fp16_on_cuda else torch.float32
+
+
+class Lazy(Generic[T]):
+    """A value built on first use, exactly once, even when many threads ask at the same time.
+
+    ``load_seconds`` records how long the build took (None until built).
+    """
+
+    def __init__(self, name: str, build: Callable[[], T]) -> None:
+        self.name = name
+        self._build = build
+        self._value: T | None = None
+        self._lock = threading.Lock()
+        self.load_seconds: float | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._value is not None
+
+    def get(self) -> T:
+        value = self._value
+        if value is not None:
+            return value
+        with self._lock:
+            if self._value is None:
+                t0 = time.perf_counter()
+                try:
+                    self._value = self._build()
+                except MMAgentError:
+                    raise
+                except Exception as exc:  # surface any loader failure as the project's own error
+                    raise ModelLoadError(f"cannot load the {self.name} model: {type(exc).__name__}: {exc}") from exc
+                self.load_seconds = time.perf_counter() - t0
+            return self._value
