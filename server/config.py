@@ -1,0 +1,255 @@
+"""Server configuration: dataclasses with documented defaults, loaded from a YAML/JSON file,
+then environment variables (``MMAGENT_*``), then command-line flags; validated in one place.
+
+Environment names: ``MMAGENT_<FIELD>`` for top-level fields (``MMAGENT_PORT``, ``MMAGENT_TOKENS``
+as a comma-separated list), ``MMAGENT_<SECTION>_<FIELD>`` for nested ones
+(``MMAGENT_LIMITS_MAX_SESSIONS=8``, ``MMAGENT_BATCHING_ENABLED=0``, ``MMAGENT_VAD_SILENCE_DURATION_MS=600``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perception.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class LimitsConfig:
+    """Per-session and per-server limits (docs/protocol.md, "Limits")."""
+
+    max_message_bytes: int = 2 * MiB        # larger messages get message_too_large and are dropped
+    hard_max_message_bytes: int = 8 * MiB   # larger ones close the socket (1009)
+    max_frames_per_s: float = 5.0           # camera frames per second per session
+    frame_burst: float = 5.0
+    max_audio_seconds_per_s: float = 1.5    # audio seconds per wall-clock second per session
+    audio_burst_s: float = 3.0
+    max_pending_audio_s: float = 30.0       # buffered audio of one user turn
+    max_frames_per_turn: int = 3            # latest frames kept per session
+    frame_window_s: float = 10.0            # frames older than this are not part of a turn
+    max_text_chars: int = 4000
+    idle_timeout_s: float = 300.0
+    max_sessions: int = 64
+    max_sessions_per_token: int = 16
+    max_errors_per_10s: int = 100
+
+
+@dataclass
+class VadConfig:
+    """Default turn detection of new sessions (clients may change it with session.update)."""
+
+    backend: str = "silero"           # "silero" (faster-whisper's ONNX model) or "energy"
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+    create_response: bool = True
+    interrupt_response: bool = True   # barge-in
+
+
+@dataclass
+class BatchConfig:
+    """One model queue: wait at most ``max_wait_ms`` for up to ``max_batch`` calls."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+
+
+@dataclass
+class BatchingConfig:
+    enabled: bool = True              # off: every call is its own forward pass (benchmark baseline)
+    text: BatchConfig = field(default_factory=BatchConfig)
+    frames: BatchConfig = field(default_factory=lambda: BatchConfig(max_batch=16, max_wait_ms=10.0))
+    speech: BatchConfig = field(default_factory=lambda: BatchConfig(max_batch=1, max_wait_ms=0.0))
+    model_threads: int = 2            # worker threads running model calls
+
+
+@dataclass
+class PipelineConfig:
+    warmup: bool = True               # load every model at start (else on first use)
+    fusion_checkpoint: str | None = None   # None = fusion's default demo checkpoint
+    max_output_tokens: int = 96
+    presence_interval_ms: int = 1000
+    respond_timeout_s: float = 60.0
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``mmagent serve`` needs; see the README's configuration table."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    pack: str | None = "packs/demo_kiosk"
+    static_dir: str | None = None     # None = server/static next to this module
+    tokens: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)   # empty: same host as the request; "*": any
+    allow_remote_without_token: bool = False
+    state_dir: str = "var"            # agent's SQLite history and caches
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    agent: dict[str, Any] = field(default_factory=dict)   # agent.AgentConfig as nested dicts
+
+    def validate(self) -> ServerConfig:
+        """Raise ConfigError naming the first bad value; return self."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is outside 0..65535")
+        if self.vad.backend not in ("silero", "energy"):
+            raise ConfigError(f"vad.backend must be 'silero' or 'energy', not {self.vad.backend!r}")
+        if not 0 < self.vad.threshold < 1:
+            raise ConfigError("vad.threshold must be within (0, 1)")
+        if not 100 <= self.vad.silence_duration_ms <= 5000:
+            raise ConfigError("vad.silence_duration_ms must be within 100..5000")
+        lim = self.limits
+        if lim.hard_max_message_bytes < lim.max_message_bytes:
+            raise ConfigError("limits.hard_max_message_bytes must be >= limits.max_message_bytes")
+        for name in ("max_frames_per_s", "max_audio_seconds_per_s", "max_pending_audio_s", "idle_timeout_s",
+                     "frame_window_s"):
+            if getattr(lim, name) <= 0:
+                raise ConfigError(f"limits.{name} must be > 0")
+        for name in ("max_sessions", "max_sessions_per_token", "max_frames_per_turn", "max_errors_per_10s",
+                     "max_message_bytes", "max_text_chars"):
+            if getattr(lim, name) < 1:
+                raise ConfigError(f"limits.{name} must be >= 1")
+        for bname in ("text", "frames", "speech"):
+            b: BatchConfig = getattr(self.batching, bname)
+            if b.max_batch < 1 or b.max_wait_ms < 0:
+                raise ConfigError(f"batching.{bname}: max_batch must be >= 1 and max_wait_ms >= 0")
+        if self.batching.model_threads < 1:
+            raise ConfigError("batching.model_threads must be >= 1")
+        if any(not t or any(c.isspace() for c in t) for t in self.tokens):
+            raise ConfigError("tokens must be non-empty and contain no whitespace")
+        if not self.tokens and not _is_local(self.host) and not self.allow_remote_without_token:
+            raise ConfigError(
+                f"refusing to listen on {self.host!r} without an API token: set tokens (MMAGENT_TOKENS) "
+                "or allow_remote_without_token (--insecure-no-token)")
+        return self
+
+    def masked(self) -> dict[str, Any]:
+        """The configuration as a dict, secrets replaced by ``***``."""
+        d = dataclasses.asdict(self)
+        d["tokens"] = ["***" for _ in self.tokens]
+        responder = d.get("agent", {}).get("responder", {})
+        if isinstance(responder, dict) and isinstance(responder.get("openai"), dict) \
+                and responder["openai"].get("api_key"):
+            responder["openai"] = {**responder["openai"], "api_key": "***"}
+        return d
+
+
+def _is_local(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key {where + key!r}")
+        kwargs[key] = _coerce(hints[key], value, where + key)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    """Convert ``value`` (from a file or an env string) to type ``tp``, or raise ConfigError."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _from_dict(tp, value, name + ".")
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        return _coerce(next(a for a in args if a is not type(None)), value, name)
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping")
+        return value
+    if typing.get_origin(tp) is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list")
+        return [_coerce(args[0], v, name) for v in value]
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if tp in (int, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return tp(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a valid {getattr(tp, '__name__', tp)}") from None
+    return value
+
+
+def _env_overrides(env: typing.Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(ServerConfig):
+        if dataclasses.is_dataclass(f.default_factory) if f.default_factory is not dataclasses.MISSING else False:
+            section: dict[str, Any] = {}
+            sub_cls = f.default_factory
+            for sf in dataclasses.fields(sub_cls):  # type: ignore[arg-type]
+                key = f"MMAGENT_{f.name}_{sf.name}".upper()
+                if key in env:
+                    section[sf.name] = env[key]
+            if section:
+                out[f.name] = section
+        else:
+            key = f"MMAGENT_{f.name}".upper()
+            if key in env:
+                out[f.name] = env[key]
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, env: typing.Mapping[str, str] | None = None,
+                overrides: dict[str, Any] | None = None) -> ServerConfig:
+    """File, then env (``MMAGENT_*``), then ``overrides`` (flags; nested dicts allowed); validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc}") from None
+        try:
+            if p.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # yaml.YAMLError / JSONDecodeError: report either the same way
+            raise ConfigError(f"config file {p} is not valid: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping")
+    data = _merge(data, _env_overrides(os.environ if env is None else env))
+    data = _merge(data, overrides or {})
+    cfg: ServerConfig = _from_dict(ServerConfig, data, "")
+    return cfg.validate()

@@ -1,0 +1,130 @@
+"""The models behind the server, shared by every session: perception (through micro-batchers),
+fusion and the agent. Loaded once per process, in a worker thread, at start (``warmup``) or on
+first use; every model call runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from server.batcher import MicroBatcher
+from server.config import ServerConfig
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Perception, fusion and agent for all sessions; ``await engine.ensure_loaded()`` first."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
+        self.config, self.metrics = config, metrics
+        b = config.batching
+        self.executor = ThreadPoolExecutor(b.model_threads, thread_name_prefix="model")
+        # VAD and other tiny per-chunk work get their own thread so they never wait behind Whisper.
+        self.light_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
+        self.perception: Any = None
+        self.fusion: Any = None
+        self.agent: Any = None
+        self._load_lock: asyncio.Lock | None = None
+        self.load_error: BaseException | None = None
+        self.text = MicroBatcher("text", self._encode_texts, executor=self.executor, enabled=b.enabled,
+                                 max_batch=b.text.max_batch, max_wait_ms=b.text.max_wait_ms, metrics=metrics)
+        self.frames = MicroBatcher("frames", self._encode_frames, executor=self.executor, enabled=b.enabled,
+                                   max_batch=b.frames.max_batch, max_wait_ms=b.frames.max_wait_ms,
+                                   metrics=metrics)
+        self.speech = MicroBatcher("speech", self._encode_speech, executor=self.executor, enabled=b.enabled,
+                                   max_batch=b.speech.max_batch, max_wait_ms=b.speech.max_wait_ms,
+                                   metrics=metrics)
+
+    @property
+    def loaded(self) -> bool:
+        return self.agent is not None
+
+    async def ensure_loaded(self) -> None:
+        """Load every model once (in a worker thread); later calls return at once."""
+        if self.agent is not None:
+            return
+        if self._load_lock is None:
+            self._load_lock = asyncio.Lock()
+        async with self._load_lock:
+            if self.agent is None:
+                await asyncio.get_running_loop().run_in_executor(self.executor, self._load)
+
+    def _load(self) -> None:
+        from agent import Agent
+        from fusion import FusionPredictor
+        from perception import Perception, PerceptionConfig
+        from server.vad import load_silero
+
+        t0 = time.perf_counter()
+        perception = Perception(PerceptionConfig())
+        perception.warmup()
+        fusion = FusionPredictor.load(self.config.pipeline.fusion_checkpoint)
+        fusion.check_encoders(perception.identities())
+        self.agent = Agent.from_config(self._agent_config(), perception=perception, fusion=fusion)
+        self.perception, self.fusion = perception, fusion
+        if self.config.vad.backend == "silero":
+            load_silero()
+        log.info("models loaded in %.1f s", time.perf_counter() - t0)
+
+    def _agent_config(self) -> Any:
+        from pathlib import Path
+
+        from agent import AgentConfig
+
+        data: dict[str, Any] = {**self.config.agent}
+        if self.config.pack is not None:
+            data["pack"] = self.config.pack
+        store = dict(data.get("store") or {})
+        store.setdefault("path", str(Path(self.config.state_dir) / "sessions.sqlite3"))
+        data["store"] = store
+        return AgentConfig.from_dict(data)
+
+    # ---- batched model calls (worker threads) -------------------------------------------------
+
+    def _encode_texts(self, texts: list[str]) -> list[Any]:
+        return list(self.perception.encode_text(texts))
+
+    def _encode_frames(self, images: list[bytes]) -> list[Any]:
+        return list(self.perception.encode_frames(images))
+
+    def _encode_speech(self, items: list[tuple[np.ndarray, int]]) -> list[Any]:
+        return [self.perception.encode_speech(audio, rate) for audio, rate in items]
+
+    async def encode_text(self, text: str) -> Any:
+        await self.ensure_loaded()
+        return await self.text.submit(text)
+
+    async def encode_frame(self, image: bytes) -> Any:
+        await self.ensure_loaded()
+        return await self.frames.submit(image)
+
+    async def encode_speech(self, audio: np.ndarray, rate: int) -> Any:
+        await self.ensure_loaded()
+        return await self.speech.submit((audio, rate))
+
+    # ---- agent ---------------------------------------------------------------------------------
+
+    async def open_session(self, session_id: str | None) -> Any:
+        """The agent's session (resumed from its store when ``session_id`` is known)."""
+        await self.ensure_loaded()
+        return await asyncio.get_running_loop().run_in_executor(
+            self.light_executor, lambda: self.agent.open_session(session_id=session_id))
+
+    def respond(self, session: Any, perceived: Any, cancel: asyncio.Event) -> AsyncIterator[Any]:
+        """The agent's reply events for one turn (its LLM runs in its own worker thread)."""
+        return self.agent.respond(session, perceived, cancel=cancel)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        for b in (self.text, self.frames, self.speech):
+            await b.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.light_executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,78 @@
+"""``mmagent serve``: start the realtime server (WebSocket + HTTP on one port)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("serve", help="run the realtime WebSocket server and web client",
+                              description="Run the realtime server. Settings: --config file, then "
+                              "MMAGENT_* environment variables, then these flags.")
+    p.add_argument("--pack", help="knowledge pack directory (default packs/demo_kiosk)")
+    p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8765; 0 = any free port)")
+    p.add_argument("--config", help="YAML or JSON configuration file")
+    p.add_argument("--token", action="append", dest="tokens", help="API token (repeatable; or MMAGENT_TOKENS)")
+    p.add_argument("--allowed-origin", action="append", dest="origins", help="allowed browser Origin (repeatable)")
+    p.add_argument("--no-batching", action="store_true", help="disable micro-batching of model calls")
+    p.add_argument("--lazy", action="store_true", help="load models on first use instead of at start")
+    p.add_argument("--insecure-no-token", action="store_true",
+                   help="allow binding a non-local interface without any API token")
+    p.set_defaults(func=_serve)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("pack", "host", "port"):
+        if getattr(args, name) is not None:
+            out[name] = getattr(args, name)
+    if args.tokens:
+        out["tokens"] = args.tokens
+    if args.origins:
+        out["allowed_origins"] = args.origins
+    if args.no_batching:
+        out["batching"] = {"enabled": False}
+    if args.lazy:
+        out["pipeline"] = {"warmup": False}
+    if args.insecure_no_token:
+        out["allow_remote_without_token"] = True
+    return out
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.config import load_config
+
+    config = load_config(args.config, overrides=_overrides(args))
+    print("mmagent serve configuration (secrets masked):")
+    print(json.dumps(config.masked(), indent=2))
+    return asyncio.run(_run(config))
+
+
+async def _run(config: Any) -> int:
+    from server.app import Server
+
+    server = Server(config)
+    if config.pipeline.warmup:
+        print("loading models…", flush=True)
+    await server.start()
+    token_hint = "?token=<your token>" if config.tokens else ""
+    print(f"\nmmagent is ready: open {server.url}{token_hint}\nWebSocket endpoint: {server.ws_url}\n", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    await stop.wait()
+    print("shutting down…", flush=True)
+    await server.stop()
+    return 0

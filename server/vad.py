@@ -1,0 +1,183 @@
+"""Streaming voice activity detection and end of turn, one ``StreamingVad`` per session.
+
+Audio arrives as PCM16 chunks at the session rate. It is resampled to 16 kHz and cut into
+32 ms windows (512 samples, Silero's window); each window gets a speech probability from
+Silero VAD v6 (the ONNX model shipped inside faster-whisper, run with onnxruntime) or, with
+``backend="energy"``, from its RMS level. A turn starts after ``MIN_SPEECH_MS`` of speech and
+ends after ``silence_duration_ms`` of windows below ``threshold - HYSTERESIS``; the utterance
+(with ``prefix_padding_ms`` of audio before the start) is returned at the session rate.
+
+``process`` is CPU work and runs in a worker thread; one instance is used by one session only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+VAD_RATE = 16000
+WINDOW = 512                      # samples at 16 kHz: 32 ms
+WINDOW_MS = WINDOW * 1000 / VAD_RATE
+CONTEXT = 64                      # Silero v6 looks at the previous 64 samples too
+MIN_SPEECH_MS = 64                # two windows of speech start a turn
+HYSTERESIS = 0.15
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    audio_start_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    audio_end_ms: int
+    audio: np.ndarray             # int16 (n,) at the session rate, prefix padding included
+
+
+VadEvent = SpeechStarted | SpeechStopped
+
+
+class _Silero:
+    """The shared ONNX session (thread-safe); state lives in each StreamingVad."""
+
+    def __init__(self) -> None:
+        from faster_whisper.vad import get_vad_model
+
+        self.session = get_vad_model().session
+
+    def prob(self, window: np.ndarray, context: np.ndarray, state: list[np.ndarray]) -> float:
+        x = np.concatenate([context, window])[None, :].astype(np.float32)   # (1, 576)
+        out, h, c = self.session.run(None, {"input": x, "h": state[0], "c": state[1]})
+        state[0], state[1] = h, c
+        return float(out.reshape(-1)[0])
+
+
+_silero_lock = threading.Lock()
+
+
+@functools.cache
+def _silero() -> _Silero:
+    return _Silero()
+
+
+def load_silero() -> None:
+    """Load the Silero model now (server warm-up)."""
+    with _silero_lock:
+        _silero()
+
+
+def energy_prob(window: np.ndarray) -> float:
+    """A speech 'probability' from level alone: 0 at -50 dBFS and below, 1 at -30 dBFS and above."""
+    rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64)))) if window.size else 0.0
+    db = 20.0 * math.log10(rms + 1e-9)
+    return min(1.0, max(0.0, (db + 50.0) / 20.0))
+
+
+class StreamingVad:
+    """Feed PCM16 chunks; get SpeechStarted / SpeechStopped events with the utterance audio."""
+
+    def __init__(self, sample_rate: int, *, threshold: float = 0.5, prefix_padding_ms: int = 300,
+                 silence_duration_ms: int = 500, backend: str = "silero") -> None:
+        self.rate = sample_rate
+        self.threshold, self.silence_ms, self.backend = threshold, silence_duration_ms, backend
+        self._model = _silero() if backend == "silero" else None
+        self._resampler = None
+        if sample_rate != VAD_RATE:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(sample_rate, VAD_RATE, 1, dtype="float32")
+        self._pending16 = np.zeros(0, np.float32)      # 16 kHz samples not yet in a window
+        self._context = np.zeros(CONTEXT, np.float32)
+        self._state = [np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32)]
+        self._windows_done = 0                          # 16 kHz windows processed
+        self._received = 0                              # samples received at the session rate
+        pad = int(sample_rate * prefix_padding_ms / 1000)
+        self._prefix: deque[np.ndarray] = deque()
+        self._prefix_len, self._prefix_max = 0, pad
+        self._speech: list[np.ndarray] = []
+        self._speech_len = 0
+        self.speaking = False
+        self._run_ms = 0.0       # consecutive speech while not speaking
+        self._silence_ms = 0.0   # consecutive silence while speaking
+        self._start_ms = 0
+
+    @property
+    def pending_s(self) -> float:
+        """Seconds of audio held for the current utterance."""
+        return self._speech_len / self.rate
+
+    def process(self, pcm: np.ndarray) -> list[VadEvent]:
+        """Feed int16 samples (n,) at the session rate; return the events they complete."""
+        pcm = np.asarray(pcm, dtype=np.int16)
+        events: list[VadEvent] = []
+        self._received += len(pcm)
+        # Keep the raw audio: in speech it joins the utterance; outside, the prefix ring buffer.
+        if self.speaking:
+            self._speech.append(pcm)
+            self._speech_len += len(pcm)
+        else:
+            self._prefix.append(pcm)
+            self._prefix_len += len(pcm)
+            while self._prefix and self._prefix_len - len(self._prefix[0]) >= self._prefix_max:
+                self._prefix_len -= len(self._prefix.popleft())
+        x = pcm.astype(np.float32) / 32768.0
+        if self._resampler is not None:
+            x = self._resampler.resample_chunk(x)
+        buf = np.concatenate([self._pending16, x])
+        n = len(buf) // WINDOW
+        for i in range(n):
+            w = buf[i * WINDOW:(i + 1) * WINDOW]
+            p = self._model.prob(w, self._context, self._state) if self._model is not None else energy_prob(w)
+            self._context = w[-CONTEXT:]
+            self._windows_done += 1
+            ev = self._step(p)
+            if ev is not None:
+                events.append(ev)
+        self._pending16 = buf[n * WINDOW:]
+        return events
+
+    def _step(self, p: float) -> VadEvent | None:
+        end_ms = self._windows_done * WINDOW_MS
+        if not self.speaking:
+            self._run_ms = self._run_ms + WINDOW_MS if p >= self.threshold else 0.0
+            if self._run_ms >= MIN_SPEECH_MS:
+                self.speaking = True
+                self._silence_ms = 0.0
+                self._start_ms = int(end_ms - self._run_ms)
+                self._speech = list(self._prefix)
+                self._speech_len = self._prefix_len
+                self._prefix.clear()
+                self._prefix_len = 0
+                return SpeechStarted(self._start_ms)
+            return None
+        self._silence_ms = self._silence_ms + WINDOW_MS if p < self.threshold - HYSTERESIS else 0.0
+        if self._silence_ms >= self.silence_ms:
+            return self._stop(int(end_ms))
+        return None
+
+    def _stop(self, end_ms: int) -> SpeechStopped:
+        audio = np.concatenate(self._speech) if self._speech else np.zeros(0, np.int16)
+        self.speaking = False
+        self._speech, self._speech_len = [], 0
+        self._run_ms = 0.0
+        self._state = [np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32)]
+        return SpeechStopped(end_ms, audio)
+
+    def flush(self) -> SpeechStopped | None:
+        """End the current utterance now (client commit); None when not in speech."""
+        if not self.speaking:
+            return None
+        return self._stop(int(self._received * 1000 / self.rate))
+
+    def clear(self) -> None:
+        """Drop buffered audio and any utterance in progress."""
+        self._speech, self._speech_len = [], 0
+        self._prefix.clear()
+        self._prefix_len = 0
+        self.speaking = False
+        self._run_ms = self._silence_ms = 0.0
