@@ -96,7 +96,7 @@ class PerceptionConfig:
     numpy_channel_order: Literal["RGB", "BGR"] = "RGB"  # how (H, W, 3) uint8 arrays are read
     face_detection: bool = True
     face_scale_factor: float = 1.1        # Haar cascade pyramid step
-    face_min_neighbors: int = 6           # higher = fewer false positives
+    face_min_neighbors: int = 5           # higher = fewer false positives
     face_min_size_frac: float = 0.06      # smallest face side as a fraction of the image's shorter side
     face_max_side: int = 640              # frames are downscaled to this for face detection (speed)
 

@@ -1,0 +1,146 @@
+"""Decoding and validation of camera frames: bytes, PIL images and numpy arrays → RGB arrays.
+
+Sizes are checked from the header before any pixel is decoded (PIL's ``Image.open`` reads only
+the header), so a 20000×20000 image is refused without allocating its 1.2 GB of pixels.
+Truncated files raise :class:`InvalidImageError`: this module relies on PIL's default
+``ImageFile.LOAD_TRUNCATED_IMAGES = False`` and never changes it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from .config import Limits, PerceptionConfig
+from .errors import ImageTooLargeError, InvalidImageError
+
+# Formats a camera or browser sends. Anything else (e.g. a 1-bit TIFF fax) is refused.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An RGB frame ready for the vision encoder.
+
+    ``rgb``: np.ndarray (h, w, 3) uint8 — possibly decoded at a reduced scale (JPEG draft mode)
+    when the original is much larger than what the models need; ``width``/``height`` are always
+    the original size, and ``scale`` = w / width maps coordinates back.
+    """
+
+    rgb: np.ndarray
+    width: int
+    height: int
+
+    @property
+    def scale(self) -> float:
+        return self.rgb.shape[1] / self.width
+
+
+def check_size(width: int, height: int, limits: Limits, index: int) -> None:
+    if width <= 0 or height <= 0:
+        raise InvalidImageError(f"image #{index} has an empty size {width}x{height}")
+    if width * height > limits.max_image_pixels:
+        raise ImageTooLargeError(
+            f"image #{index} is {width}x{height} = {width * height:,} pixels, over the limit "
+            f"max_image_pixels={limits.max_image_pixels:,}")
+    if max(width, height) > limits.max_image_side:
+        raise ImageTooLargeError(f"image #{index} is {width}x{height}, its longest side is over the limit "
+                                 f"max_image_side={limits.max_image_side}")
+
+
+def _from_bytes(data: bytes, config: PerceptionConfig, index: int, min_side: int) -> DecodedImage:
+    limits = config.limits
+    if len(data) == 0:
+        raise InvalidImageError(f"image #{index} is empty (0 bytes)")
+    if len(data) > limits.max_image_bytes:
+        raise ImageTooLargeError(f"image #{index} is {len(data):,} bytes, over the limit "
+                                 f"max_image_bytes={limits.max_image_bytes:,}")
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES, "someone enabled PIL's LOAD_TRUNCATED_IMAGES"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))  # header only
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image #{index} is too large to decode ({exc}); limit "
+                                 f"max_image_pixels={limits.max_image_pixels:,}") from exc
+    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+        raise InvalidImageError(f"image #{index} cannot be read as an image: {exc}") from exc
+    if im.format not in ACCEPTED_FORMATS:
+        raise InvalidImageError(f"image #{index} is {im.format}, expected one of {', '.join(ACCEPTED_FORMATS)}")
+    width, height = im.size
+    check_size(width, height, limits, index)
+    if im.format == "JPEG":
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the frame is far larger than needed.
+        im.draft("RGB", (min_side, min_side))
+    try:
+        im.load()
+    except Exception as exc:  # truncated or corrupt pixel data
+        raise InvalidImageError(f"image #{index} ({im.format}, {width}x{height}) is corrupt or truncated: "
+                                f"{exc}") from exc
+    return _from_pil(im, config, index, original=(width, height), checked=True)
+
+
+def _from_pil(im: Image.Image, config: PerceptionConfig, index: int,
+              original: tuple[int, int] | None = None, checked: bool = False) -> DecodedImage:
+    if not checked:
+        check_size(im.width, im.height, config.limits, index)
+    width, height = original or im.size
+    try:
+        # Phone photos store rotation in EXIF; apply it so faces and labels see the upright frame.
+        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # orientations that swap the axes
+            width, height = height, width
+        im = ImageOps.exif_transpose(im) or im
+        if im.mode != "RGB":
+            # Transparent pixels become white, not black: a logo on a transparent PNG stays visible.
+            if im.mode in ("RGBA", "LA", "P", "PA"):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            im = im.convert("RGB")
+        rgb = np.asarray(im, dtype=np.uint8)
+    except Exception as exc:
+        raise InvalidImageError(f"image #{index} cannot be converted to RGB: {exc}") from exc
+    return DecodedImage(rgb=rgb, width=width, height=height)
+
+
+def _from_array(arr: np.ndarray, config: PerceptionConfig, index: int) -> DecodedImage:
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        channels = arr.shape[2] if arr.ndim == 3 else 1 if arr.ndim == 2 else None
+        raise InvalidImageError(
+            f"image #{index} array has shape {arr.shape} ({channels} channels); expected (H, W, 3) "
+            f"{config.numpy_channel_order} uint8")
+    if arr.dtype != np.uint8:
+        raise InvalidImageError(f"image #{index} array has dtype {arr.dtype}; expected uint8 (0..255) "
+                                f"{config.numpy_channel_order}")
+    height, width = arr.shape[:2]
+    check_size(width, height, config.limits, index)  # before copying: arr may be a huge view
+    rgb = arr[:, :, ::-1] if config.numpy_channel_order == "BGR" else arr
+    return DecodedImage(rgb=np.ascontiguousarray(rgb), width=width, height=height)
+
+
+def load_image(image: Any, config: PerceptionConfig, index: int = 0, min_side: int = 640) -> DecodedImage:
+    """Decode and validate one frame. ``min_side``: smallest size a reduced JPEG decode may have."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return _from_bytes(bytes(image), config, index, min_side)
+    if isinstance(image, Image.Image):
+        return _from_pil(image, config, index)
+    if isinstance(image, np.ndarray):
+        return _from_array(image, config, index)
+    raise InvalidImageError(f"image #{index} is a {type(image).__name__}; expected JPEG/PNG bytes, a PIL image, "
+                            f"or a numpy (H, W, 3) uint8 array")
+
+
+def load_images(images: Any, config: PerceptionConfig) -> list[DecodedImage]:
+    """Decode and validate a batch of frames; the first bad one raises (naming its index)."""
+    if not isinstance(images, list | tuple):
+        raise InvalidImageError(f"encode_frames takes a list of images, got {type(images).__name__}")
+    if len(images) > config.limits.max_frames_per_call:
+        raise InvalidImageError(f"too many frames in one call: {len(images)} > limit max_frames_per_call="
+                                f"{config.limits.max_frames_per_call}")
+    min_side = max(config.face_max_side, 256)
+    return [load_image(im, config, i, min_side) for i, im in enumerate(images)]
