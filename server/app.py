@@ -246,14 +246,10 @@ class Server:
         self.metrics.sessions_total.inc()
         self.metrics.sessions_open.set(len(self.sessions))
         if not_found:
-            # session.created (sent by run) comes first, then this error.
-            shown = (resume_id or "")[:64]
-
-            async def _late() -> None:
-                await asyncio.sleep(0)
-                await session.send_error("session_not_found", f"session {shown!r} is unknown or expired; "
-                                         f"a new session {sid} was created")
-            session._spawn(_late(), name="resume-error")
+            session.after_created.append(P.error_event(
+                "session_not_found", f"session {(resume_id or '')[:64]!r} is unknown or expired; "
+                f"a new session {sid} was created"))
+            self.metrics.errors.inc(code="session_not_found")
         return session
 
 

@@ -102,6 +102,7 @@ class Session:
         self._turn_lock = asyncio.Lock()
         self._last_presence = 0.0
         self._presence_task: asyncio.Task[Any] | None = None
+        self.after_created: list[dict[str, Any]] = []   # events sent right after session.created
         self.closed = False
         self.fatal: BaseException | None = None
         self._reset_vad()
@@ -145,6 +146,8 @@ class Session:
         from websockets.exceptions import ConnectionClosed
 
         await self.send(P.event("session.created", session=self.session_json()))
+        for ev in self.after_created:
+            await self.send(ev)
         while not self.closed:
             try:
                 async with asyncio.timeout(self.limits.idle_timeout_s):
