@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .config import PerceptionConfig
+from .errors import ConfigError
 from .runtime import Lazy, resolve_device, torch_dtype
 from .text import TextEncoder, text_dim, text_identity, validate_texts
 from .types import FACE_FEATURES, PROSODY_FEATURES, FrameEncoding, SpeechEncoding, TextEncoding
@@ -57,9 +58,15 @@ class Perception:
 
     def warmup(self, modalities: tuple[str, ...] = ("text", "speech", "vision")) -> dict[str, float]:
         """Load the named encoders now; return each one's load time in seconds."""
-        lazies = {"text": self._text, "speech": self._speech, "vision": self._vision}
         for name in modalities:
-            lazies[name].get()
+            if name == "text":
+                self._text.get()
+            elif name == "speech":
+                self._speech.get()
+            elif name == "vision":
+                self._vision.get()
+            else:
+                raise ConfigError(f"unknown modality {name!r}; expected text, speech or vision")
         return self.load_times()
 
     def load_times(self) -> dict[str, float]:

