@@ -1,0 +1,141 @@
+"""The prompt: built by one function, :func:`build_prompt`, that tests can inspect.
+
+Layout (chat messages; kept compact because the default model is small, 2048-token context)::
+
+    system     persona + instructions + safety rules          (static: identical every turn)
+    user/assistant × h   recent history, newest kept first, within ``history_tokens``
+    user       Facts: the retrieved entries, best first
+               Context: what the camera sees, faces/engagement, transcript confidence,
+                        fused intent, emotion and modality weights
+               Question: the turn's text
+
+If the whole is over ``max_prompt_tokens``: history goes first, then the lowest-ranked entries,
+then each remaining entry is cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import PromptConfig
+from .pack import KnowledgePack
+from .retrieval import Retrieved
+
+CountFn = Callable[[str], int]
+
+
+def approx_tokens(text: str) -> int:
+    """Rough token count (≈ 4 characters per token) for responders without a tokenizer."""
+    return max(1, (len(text) + 3) // 4)
+
+
+@dataclass
+class Prompt:
+    """A built prompt. ``messages`` is OpenAI chat format; ``n_tokens`` counts their contents."""
+
+    messages: list[dict[str, str]]
+    n_tokens: int
+    entry_ids: list[str]
+    sections: dict[str, str] = field(default_factory=dict)
+    history_turns: int = 0
+
+    def text(self) -> str:
+        return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in self.messages)
+
+
+def describe_context(summary: dict[str, Any], fused: Any | None) -> str:
+    """One compact line per kind of signal, from a perception summary and a fused turn."""
+    parts: list[str] = []
+    labels = summary.get("labels") or []
+    if labels:
+        parts.append("The camera sees: " + ", ".join(lb["name"] for lb in labels[:2]) + ".")
+    if summary.get("frames"):
+        n = summary.get("face_count", 0)
+        if n:
+            near = " close to the kiosk" if summary.get("face_rel_size", 0.0) >= 0.05 else ""
+            parts.append(f"{n} person{'s' if n > 1 else ''} in view{near}.")
+        else:
+            parts.append("Nobody in view.")
+    speech = summary.get("speech")
+    if speech:
+        parts.append(f"The question was spoken (transcript confidence {speech['confidence']:.2f}).")
+    if fused is not None:
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(
+            fused.modality_weights.items(), key=lambda kv: -kv[1]))
+        parts.append(f"Detected intent: {fused.intent} ({fused.intent_confidence:.2f}); "
+                     f"emotion: {fused.emotion}; input weights: {weights}.")
+    return " ".join(parts)
+
+
+def build_prompt(
+    pack: KnowledgePack,
+    question: str,
+    hits: Sequence[Retrieved],
+    *,
+    summary: dict[str, Any] | None = None,
+    fused: Any | None = None,
+    history: Sequence[tuple[str, str]] = (),
+    config: PromptConfig | None = None,
+    count_tokens: CountFn = approx_tokens,
+) -> Prompt:
+    """Build the chat messages for one turn.
+
+    ``hits``: retrieved entries, best first (only relevant ones should be passed).
+    ``history``: (user text, reply) of earlier turns, oldest first.
+    """
+    cfg = config or PromptConfig()
+    system = f"{pack.persona}\n{pack.instructions}"
+    if pack.safety_rules:
+        system += "\n" + " ".join(pack.safety_rules)
+    context = describe_context(summary or {}, fused)
+    entries = [h.entry.text[: cfg.max_entry_chars] for h in hits]
+
+    def user_message(facts: list[str]) -> str:
+        lines = []
+        if facts:
+            lines.append("Facts:\n" + "\n".join(f"- {f}" for f in facts))
+        else:
+            lines.append("Facts: none that match.")
+        if context:
+            lines.append("Context: " + context)
+        lines.append(f"Question: {question}")
+        return "\n\n".join(lines)
+
+    # History, newest first, within its own budget.
+    hist_msgs: list[dict[str, str]] = []
+    used = 0
+    kept = 0
+    for user_text, reply in reversed(list(history)):
+        if not user_text and not reply:
+            continue
+        cost = count_tokens(user_text) + count_tokens(reply) + 8
+        if used + cost > cfg.history_tokens:
+            break
+        hist_msgs[:0] = [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}]
+        used += cost
+        kept += 1
+
+    def total(msgs: list[dict[str, str]]) -> int:
+        return sum(count_tokens(m["content"]) + 4 for m in msgs)
+
+    while True:
+        msgs = [{"role": "system", "content": system}, *hist_msgs,
+                {"role": "user", "content": user_message(entries)}]
+        n = total(msgs)
+        if n <= cfg.max_prompt_tokens:
+            break
+        if hist_msgs:
+            hist_msgs = hist_msgs[2:]
+            kept -= 1
+        elif len(entries) > 1:
+            entries = entries[:-1]
+        elif entries and len(entries[0]) > 80:
+            entries = [entries[0][: len(entries[0]) * 3 // 4]]
+        else:
+            break  # persona + question alone exceed the budget: send anyway, the model truncates
+    return Prompt(messages=msgs, n_tokens=n, entry_ids=[h.entry.id for h in hits][: len(entries)],
+                  sections={"system": system, "facts": "\n".join(entries), "context": context,
+                            "question": question},
+                  history_turns=kept)

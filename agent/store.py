@@ -1,0 +1,214 @@
+"""SQLite session store (standard library): WAL mode, one transaction per turn.
+
+A turn is written once, when it ends (completed, cancelled or failed), in a single transaction
+with its session's ``updated_at``: a crash mid-turn loses at most that turn and never touches
+earlier ones. Each thread gets its own connection, so the store is safe to call from worker
+threads (the agent calls it through ``asyncio.to_thread``). Sessions idle longer than the
+retention are deleted at open and by :meth:`SessionStore.expire`.
+
+Schema (version 1)::
+
+    sessions(id PK, created_at, updated_at, pack, meta JSON)
+    turns(session_id, idx, turn_id UNIQUE, created_at, status, text, typed_text, transcript,
+          data JSON (perception, fused, retrieved, reply, actions, timings, ...),
+          fused_vector BLOB (float32), media BLOB (JSON, only when configured), barge_in)
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import SessionError
+from .session import Session, TurnRecord, new_session_id
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    pack TEXT,
+    meta TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS turns (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    turn_id TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    text TEXT,
+    typed_text TEXT,
+    transcript TEXT,
+    data TEXT NOT NULL,
+    fused_vector BLOB,
+    media BLOB,
+    barge_in INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (session_id, idx)
+);
+CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated_at);
+"""
+# Fields of TurnRecord kept in the JSON ``data`` column.
+_DATA_FIELDS = ("perception", "fused", "route", "retrieved", "reply", "actions", "rejected_actions",
+                "timings", "error", "guard")
+
+
+class SessionStore:
+    """Sessions and turns in one SQLite file (created with its folder if missing)."""
+
+    def __init__(self, path: str | Path, *, retention_days: float = 30.0, store_media: bool = False) -> None:
+        self.path = Path(path)
+        self.retention_s = retention_days * 86400.0
+        self.store_media = store_media
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._conn()
+        with conn:
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.expire()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this store opened (in any thread)."""
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for c in conns:
+            try:
+                c.close()
+            except sqlite3.ProgrammingError:  # made in another thread; it is closed when that thread ends
+                pass
+        self._local = threading.local()
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def create_session(self, session_id: str | None = None, *, pack: str | None = None,
+                       meta: dict[str, Any] | None = None) -> Session:
+        sid = session_id or new_session_id()
+        now = time.time()
+        conn = self._conn()
+        with conn:
+            conn.execute("INSERT INTO sessions(id, created_at, updated_at, pack, meta) VALUES (?,?,?,?,?)",
+                         (sid, now, now, pack, json.dumps(meta or {})))
+        return Session(sid, created_at=now, store=self, meta=meta)
+
+    def exists(self, session_id: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM sessions WHERE id=?", (session_id,)).fetchone() is not None
+
+    def load_session(self, session_id: str) -> Session:
+        """The session with all its turns; :class:`SessionError` if unknown or expired."""
+        row = self._conn().execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
+        if row is None:
+            raise SessionError(f"unknown session id {session_id!r}")
+        if row["updated_at"] < time.time() - self.retention_s:
+            self.delete_session(session_id)
+            raise SessionError(f"session {session_id!r} expired")
+        return Session(session_id, created_at=row["created_at"], turns=self.load_turns(session_id),
+                       store=self, meta=json.loads(row["meta"] or "{}"))
+
+    def load_turns(self, session_id: str) -> list[TurnRecord]:
+        rows = self._conn().execute("SELECT * FROM turns WHERE session_id=? ORDER BY idx", (session_id,)).fetchall()
+        return [self._record(r) for r in rows]
+
+    @staticmethod
+    def _record(r: sqlite3.Row) -> TurnRecord:
+        data = json.loads(r["data"])
+        vec = None
+        if r["fused_vector"] is not None:
+            a = array.array("f")
+            a.frombytes(r["fused_vector"])
+            vec = a.tolist()
+        media = json.loads(r["media"]) if r["media"] is not None else None
+        return TurnRecord(turn_id=r["turn_id"], index=r["idx"], created_at=r["created_at"], status=r["status"],
+                          text=r["text"] or "", typed_text=r["typed_text"], transcript=r["transcript"],
+                          fused_vector=vec, barge_in=bool(r["barge_in"]), media=media,
+                          **{k: data[k] for k in _DATA_FIELDS if k in data})
+
+    def save_turn(self, session_id: str, t: TurnRecord) -> None:
+        """Write one finished turn and touch its session, in one transaction."""
+        data = json.dumps({k: getattr(t, k) for k in _DATA_FIELDS}, default=str)
+        vec = array.array("f", t.fused_vector).tobytes() if t.fused_vector is not None else None
+        media = json.dumps(t.media).encode() if (self.store_media and t.media is not None) else None
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT OR REPLACE INTO turns(session_id, idx, turn_id, created_at, status, text, typed_text,"
+                " transcript, data, fused_vector, media, barge_in) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (session_id, t.index, t.turn_id, t.created_at, t.status, t.text, t.typed_text, t.transcript,
+                 data, vec, media, int(t.barge_in)))
+            conn.execute("UPDATE sessions SET updated_at=? WHERE id=?", (time.time(), session_id))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def set_barge_in(self, session_id: str, turn_id: str, flag: bool = True) -> None:
+        conn = self._conn()
+        with conn:
+            conn.execute("UPDATE turns SET barge_in=? WHERE session_id=? AND turn_id=?",
+                         (int(flag), session_id, turn_id))
+
+    def delete_session(self, session_id: str) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM turns WHERE session_id=?", (session_id,))
+        conn.execute("DELETE FROM sessions WHERE id=?", (session_id,))
+        conn.execute("COMMIT")
+
+    def expire(self, now: float | None = None) -> int:
+        """Delete sessions idle for longer than the retention; return how many."""
+        cutoff = (now if now is not None else time.time()) - self.retention_s
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [r[0] for r in conn.execute("SELECT id FROM sessions WHERE updated_at < ?", (cutoff,))]
+            for sid in ids:
+                conn.execute("DELETE FROM turns WHERE session_id=?", (sid,))
+                conn.execute("DELETE FROM sessions WHERE id=?", (sid,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(ids)
+
+    # -- operators --------------------------------------------------------------------------------
+
+    def list_sessions(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT s.id, s.created_at, s.updated_at, s.pack, COUNT(t.idx) AS turns FROM sessions s"
+            " LEFT JOIN turns t ON t.session_id = s.id GROUP BY s.id ORDER BY s.updated_at DESC LIMIT ?",
+            (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def export(self, session_id: str) -> dict[str, Any]:
+        """The whole session as JSON-ready data (what ``mmagent sessions export`` prints)."""
+        row = self._conn().execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
+        if row is None:
+            raise SessionError(f"unknown session id {session_id!r}")
+        return {"id": row["id"], "created_at": row["created_at"], "updated_at": row["updated_at"],
+                "pack": row["pack"], "meta": json.loads(row["meta"] or "{}"),
+                "turns": [t.to_json() for t in self.load_turns(session_id)]}
+
+    def integrity_check(self) -> str:
+        return str(self._conn().execute("PRAGMA integrity_check").fetchone()[0])
