@@ -39,6 +39,9 @@ const state = {
   pttHeld: false,
   queuedCreate: false, // response.create waiting for the active reply to end
   hadSession: false,
+  quietReconnect: false,
+  seen: {},
+  faces: null, // the server's latest face count
   autoStarted: false,
 };
 
@@ -132,10 +135,12 @@ function renderConnState(s, info) {
   retry.hidden = s !== "reconnecting";
   if (countdown) clearInterval(countdown);
   countdown = null;
+  // The kiosk's attract screen covers the page: it repeats any connection problem itself.
+  $("attract-status").textContent = s === "open" || s === "connecting" ? "" : "The assistant is offline at the moment — reconnecting…";
   if (s === "connecting") text.textContent = "Connecting…";
   else if (s === "open") {
-    text.textContent = "Connected";
-    clearError("conn");
+    // The socket is up; "Connected" once the server has created the session.
+    text.textContent = "Starting session…";
     $("token-form").hidden = true;
   } else if (s === "reconnecting") {
     if (info.now) {
@@ -158,6 +163,8 @@ function renderConnState(s, info) {
       showError("conn", "Can't reach the server", `Nothing answers at ${location.host}. Is “mmagent serve” running? The page keeps trying and resumes your conversation when it is back.`, { warn: true });
     } else if (info.handshakeRefused) {
       showError("conn", "The server refused the connection", "The server is up but would not open a session for this page. Its allowed_origins setting may not include this address.", { warn: true });
+    } else if (info.code === 1011) {
+      showError("conn", "The server hit a problem with this session", "It has been logged on the server. Reconnecting…", { warn: true });
     } else if (info.slow) {
       showError("conn", "The server is full", "Too many sessions are open right now. The page will try again shortly.", { warn: true });
     } else {
@@ -298,13 +305,18 @@ function renderStop() {
 // ---- server events ----------------------------------------------------------------------
 
 function handleEvent(ev) {
+  state.seen[ev.type] = (state.seen[ev.type] || 0) + 1; // event counts, for tests and debugging
   switch (ev.type) {
     case "session.created": {
       const resumed = !!(ev.session && ev.session.resumed);
-      if (state.hadSession) chat.system(resumed ? "Reconnected — conversation resumed." : "Reconnected — a new conversation started.");
+      if (state.hadSession && !state.quietReconnect) chat.system(resumed ? "Reconnected — conversation resumed." : "Reconnected — a new conversation started.");
       state.hadSession = true;
+      state.quietReconnect = false;
       applySession(ev.session);
       sessionUpdate();
+      $("conn").dataset.state = "ready";
+      $("conn-text").textContent = "Connected";
+      clearError("conn");
       if (config.kiosk && !state.autoStarted) {
         state.autoStarted = true;
         startCamera();
@@ -317,7 +329,6 @@ function handleEvent(ev) {
       break;
     case "input_audio_buffer.speech_started": {
       $("listening").hidden = false;
-      if (config.kiosk) presence.touch();
       if (state.active) speaker.cancel(); // barge-in: the server cancels the reply itself
       const t = speechTurn(ev.item_id);
       if (!t.userEl) chat.addUser(t, { text: "Listening…", kind: "speech", pending: true });
@@ -396,6 +407,7 @@ function handleEvent(ev) {
 
 function onPerception(ev) {
   const vision = readVision(ev);
+  if (vision.faces !== null) state.faces = vision.faces;
   renderCameraBadge(vision);
   if (config.kiosk && camera.running) presence.observe(vision.faces);
   if (ev.source === "turn") {
@@ -509,7 +521,11 @@ function stopReply(turn) {
 function sendAudio(b64) {
   if (!conn.isOpen) return;
   if (state.mode === "ptt" && !state.pttHeld) return;
-  if (config.kiosk && speaker.pending > 0 && params.get("echo_guard") !== "0") return; // do not hear ourselves
+  if (config.kiosk) {
+    // A kiosk listens only while someone stands at it (not to the shop behind), and not to itself.
+    if (camera.running && !presence.present) return;
+    if (speaker.pending > 0 && params.get("echo_guard") !== "0") return;
+  }
   conn.send({ type: "input_audio_buffer.append", audio: b64 });
 }
 
@@ -581,6 +597,7 @@ async function startCamera() {
   } catch (err) {
     const [title, detail] = deviceError("cam", err);
     showError("cam", title, detail);
+    if (config.kiosk) $("attract").hidden = true; // without a camera, presence cannot be known
   }
   renderCamera();
 }
@@ -646,6 +663,28 @@ function personLeft() {
   kioskScreen.showAttract();
   speaker.cancel();
   if (state.active) stopReply(state.active);
+  if (state.turns.length) freshConversation();
+}
+
+/** Kiosk: the next visitor gets a new conversation, not the last one's history. */
+function freshConversation() {
+  state.turns = [];
+  state.byItem.clear();
+  state.byResponse.clear();
+  state.active = null;
+  state.queuedCreate = false;
+  chat.clear();
+  why.clear();
+  renderStop();
+  try {
+    sessionStorage.removeItem("mmagent.session");
+  } catch {
+    /* storage may be off */
+  }
+  conn.sessionId = null;
+  state.quietReconnect = true;
+  conn.attempt = 0;
+  conn.connect();
 }
 
 // ---- wiring -----------------------------------------------------------------------------

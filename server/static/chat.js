@@ -7,6 +7,8 @@ function el(tag, cls, text) {
   return e;
 }
 
+const MIC_ICON = '<svg class="icon" viewBox="0 0 24 24" aria-hidden="true" focusable="false"><rect x="9" y="3" width="6" height="11" rx="3" fill="currentColor"/><path d="M5.5 11a6.5 6.5 0 0 0 13 0M12 17.5V21" stroke="currentColor" stroke-width="1.8" fill="none" stroke-linecap="round"/></svg>';
+
 function clock() {
   return new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
@@ -20,6 +22,7 @@ export class ChatLog {
     this.log = log;
     this.hooks = hooks;
     this.empty = log.querySelector("#empty");
+    this.emptyTemplate = this.empty ? this.empty.cloneNode(true) : null;
   }
 
   nearBottom() {
@@ -41,6 +44,15 @@ export class ChatLog {
     this.log.scrollTop = this.log.scrollHeight;
   }
 
+  /** Empty the log (a kiosk's next visitor starts fresh). */
+  clear() {
+    this.log.textContent = "";
+    if (this.emptyTemplate) {
+      this.empty = this.emptyTemplate.cloneNode(true);
+      this.log.append(this.empty);
+    }
+  }
+
   system(text) {
     const m = el("div", "msg system", text);
     this.append(m);
@@ -60,7 +72,10 @@ export class ChatLog {
       bubble.appendChild(img);
     }
     const meta = el("div", "meta");
-    meta.append(el("span", "kind", kind === "speech" ? "🎙 You said" : "You"), el("span", "", clock()));
+    const who = el("span", "kind");
+    if (kind === "speech") who.innerHTML = MIC_ICON;
+    who.append(kind === "speech" ? "You said" : "You");
+    meta.append(who, el("span", "", clock()));
     m.append(bubble, meta);
     this.append(m);
     turn.userEl = m;

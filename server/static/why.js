@@ -52,6 +52,13 @@ export class WhyPanel {
     this.shown = null;
   }
 
+  clear() {
+    this.shown = null;
+    this.empty.hidden = false;
+    this.body.hidden = true;
+    this.turnLabel.textContent = "";
+  }
+
   show(turn) {
     this.shown = turn;
     if (!turn) return;
@@ -66,8 +73,7 @@ export class WhyPanel {
     else addr.textContent = "—";
     const heard = $("why-transcript");
     if (turn.transcript != null) {
-      withConf(heard, turn.transcript ? "speech transcribed" : "no words", turn.transcriptConfidence ?? undefined);
-      heard.title = turn.transcript || "";
+      withConf(heard, turn.transcript ? `“${turn.transcript.trim()}”` : "no words", turn.transcriptConfidence ?? undefined);
     } else {
       heard.textContent = turn.kind === "typed" ? "typed, not spoken" : "—";
     }
