@@ -58,9 +58,14 @@ class Server:
         self._per_token: dict[str, int] = {}
         self._recent: OrderedDict[str, float] = OrderedDict()   # closed session ids (for resume checks)
         self.static_dir = Path(config.static_dir) if config.static_dir else STATIC_DIR
-        self.pack_name = Path(config.pack).name if config.pack else None
+        self._pack_name = Path(config.pack).name if config.pack else None
         self._server: Any = None
         self.port = config.port
+
+    @property
+    def pack_name(self) -> str | None:
+        agent = self.engine.agent
+        return getattr(getattr(agent, "pack", None), "name", None) or self._pack_name
 
     @property
     def url(self) -> str:

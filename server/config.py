@@ -75,6 +75,7 @@ class BatchingConfig:
 class PipelineConfig:
     warmup: bool = True               # load every model at start (else on first use)
     fusion_checkpoint: str | None = None   # None = fusion's default demo checkpoint
+    require_fusion: bool = False      # False: start without fusion when no checkpoint loads (logged)
     max_output_tokens: int = 96
     presence_interval_ms: int = 1000
     respond_timeout_s: float = 60.0
@@ -86,7 +87,7 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8765
-    pack: str | None = "packs/demo_kiosk"
+    pack: str | None = None           # knowledge pack directory; None = the demo kiosk pack
     static_dir: str | None = None     # None = server/static next to this module
     tokens: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)   # empty: same host as the request; "*": any

@@ -6,7 +6,9 @@ first use; every model call runs in a worker thread, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,11 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from perception.errors import MMAgentError
 from server.batcher import MicroBatcher
 from server.config import ServerConfig
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# Loaded models, shared by every Engine of the process with the same model settings (a test
+# session or a benchmark starts several servers; each must not load the models again).
+_MODELS: dict[str, tuple[Any, Any, Any]] = {}
+_MODELS_LOCK = threading.Lock()
 
 
 class Engine:
@@ -59,21 +67,40 @@ class Engine:
                 await asyncio.get_running_loop().run_in_executor(self.executor, self._load)
 
     def _load(self) -> None:
+        from server.vad import load_silero
+
+        key = json.dumps([self.config.pack, self.config.pipeline.fusion_checkpoint, self.config.state_dir,
+                          self.config.agent], sort_keys=True, default=str)
+        with _MODELS_LOCK:
+            if key not in _MODELS:
+                _MODELS[key] = self._build_models()
+            self.perception, self.fusion, agent = _MODELS[key]
+        if self.config.vad.backend == "silero":
+            load_silero()
+        self.agent = agent
+
+    def _build_models(self) -> tuple[Any, Any, Any]:
         from agent import Agent
         from fusion import FusionPredictor
         from perception import Perception, PerceptionConfig
-        from server.vad import load_silero
 
         t0 = time.perf_counter()
         perception = Perception(PerceptionConfig())
         perception.warmup()
-        fusion = FusionPredictor.load(self.config.pipeline.fusion_checkpoint)
-        fusion.check_encoders(perception.identities())
-        self.agent = Agent.from_config(self._agent_config(), perception=perception, fusion=fusion)
-        self.perception, self.fusion = perception, fusion
-        if self.config.vad.backend == "silero":
-            load_silero()
+        fusion: Any = None
+        try:
+            fusion = FusionPredictor.load(self.config.pipeline.fusion_checkpoint)
+            fusion.check_encoders(perception.identities(), perception.feature_dims())
+        except MMAgentError as exc:
+            if self.config.pipeline.require_fusion:
+                raise
+            # Without a checkpoint the agent still answers; turn.fused then carries no prediction.
+            log.warning("fusion disabled: %s [%s]", exc, exc.code)
+            fusion = None
+        agent = Agent.from_config(self._agent_config(), perception=perception, fusion=fusion)
+        agent.warmup()
         log.info("models loaded in %.1f s", time.perf_counter() - t0)
+        return perception, fusion, agent
 
     def _agent_config(self) -> Any:
         from pathlib import Path

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# turn.fused fields when the server runs without a fusion checkpoint.
+_NO_FUSION: dict[str, Any] = {"intent": None, "intent_confidence": None, "intent_probs": {}, "emotion": None,
+                              "emotion_confidence": None, "emotion_probs": {}, "addressee": None,
+                              "addressee_prob": None, "modality_weights": {}}
+
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 
 
@@ -56,6 +61,7 @@ class Response:
     text: list[str] = field(default_factory=list)
     metadata: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)
+    in_agent: bool = False        # agent.respond has begun (the agent has a turn in progress)
 
 
 @dataclass
@@ -294,7 +300,10 @@ class Session:
         await self.send(P.event("input_audio_buffer.speech_started", audio_start_ms=start_ms,
                                 item_id=self.speech_item_id))
         td = self.settings.turn_detection
-        if td is not None and td.interrupt_response and self.response is not None:
+        r = self.response
+        if td is not None and td.interrupt_response and r is not None and not r.cancel.is_set():
+            if r.in_agent and self.agent_session is not None:
+                self.agent_session.mark_barge_in()   # the stored turn records the interruption
             self._cancel_response("turn_detected")
 
     async def _speech_stopped(self, end_ms: int, audio: np.ndarray) -> None:
@@ -383,6 +392,9 @@ class Session:
                 self.frames.remove(frame)
             await self.send_error(exc.code, str(exc), param="image", event_id=frame.event_id)
             return
+        observe = getattr(self.agent_session, "observe_faces", None)
+        if observe is not None:
+            observe(enc.faces.count)
         await self.send(_perception_event("frame", [enc], timings={"frames": time.perf_counter() - t0}))
 
     # ---- conversation items ---------------------------------------------------------------------
@@ -549,11 +561,14 @@ class Session:
         if r.cancel.is_set():
             await self._done(r, "cancelled", None, None)
             return
-        perceived = PerceivedTurn(text=text_enc, speech=speech, frames=frame_encs, timings=ptimings)
+        perceived = PerceivedTurn(text=text_enc, speech=speech, frames=frame_encs,
+                                  timings={k: 1000 * v for k, v in ptimings.items()},
+                                  typed_text=" ".join(pending.texts) or None)
         t_respond = time.perf_counter()
         first_delta: float | None = None
         done_ev: Any = None
         agen = engine.respond(self.agent_session, perceived, r.cancel)
+        r.in_agent = True
         try:
             async for ev in agen:
                 kind = getattr(ev, "type", "")
@@ -563,7 +578,7 @@ class Session:
                 if r.cancel.is_set():
                     continue   # let the agent notice the cancel and record the turn as cancelled
                 if kind == "turn.fused":
-                    fused = ev.to_json().get("fused") or {}
+                    fused = ev.to_json().get("fused") or dict(_NO_FUSION)
                     await self.send(P.event("turn.fused", item_id=r.user_item_id, response_id=r.id,
                                             transcript_confidence=ev.transcript_confidence, **fused))
                 elif kind == "text.delta":

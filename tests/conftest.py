@@ -65,3 +65,29 @@ def perception() -> Iterator[object]:
     yield p
 
 # ---- end perception fixtures ---------------------------------------------------------------
+
+# ---- server fixtures -----------------------------------------------------------------------
+
+def start_server(**overrides: object) -> object:
+    """Start a real ``mmagent`` server on a free 127.0.0.1 port in a background thread.
+
+    ``overrides`` are ServerConfig fields (nested dicts for sections, e.g.
+    ``limits={"max_sessions": 2}``, ``tokens=["t"]``). Returns the running
+    ``server.app.ServerThread``: ``.url`` (http://…/), ``.ws_url`` (ws://…/v1/realtime), ``.stop()``.
+    Models are loaded once per process and shared by every server started this way.
+    """
+    from server.app import ServerThread
+    from server.config import load_config
+
+    cfg = {"host": "127.0.0.1", "port": 0, "state_dir": str(ARTIFACTS / "server_state"), **overrides}
+    return ServerThread(load_config(None, env={}, overrides=cfg)).start()
+
+
+@pytest.fixture(scope="session")
+def mm_server() -> Iterator[object]:
+    """One real server with the default config (no token, demo pack, real models) for the session."""
+    srv = start_server()
+    yield srv
+    srv.stop()  # type: ignore[attr-defined]
+
+# ---- end server fixtures -------------------------------------------------------------------
