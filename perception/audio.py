@@ -61,19 +61,19 @@ def prepare_audio(audio: Any, sample_rate: int, limits: Limits) -> np.ndarray:
         channels = min(arr.shape) if arr.ndim == 2 else None
         raise InvalidAudioError(f"audio must be mono (1 channel, shape (n,)); got shape {arr.shape}"
                                 + (f" = {channels} channels; downmix to mono first" if channels else ""))
-    if arr.dtype == np.int16:
-        samples = arr.astype(np.float32) / 32768.0
-    elif arr.dtype in (np.float32, np.float64, np.float16):
-        samples = arr.astype(np.float32, copy=False)
-    else:
+    if arr.dtype not in (np.int16, np.float32, np.float64, np.float16):
         raise InvalidAudioError(f"audio dtype {arr.dtype} is not supported; expected float32/float64 in [-1, 1] "
                                 f"or int16")
-    if samples.size == 0:
+    if arr.size == 0:
         raise InvalidAudioError("audio is empty (0 samples)")
-    duration = samples.size / float(sample_rate)
-    if duration > limits.max_audio_seconds:
+    duration = arr.size / float(sample_rate)
+    if duration > limits.max_audio_seconds:  # before any copy: the input may be huge
         raise AudioTooLongError(f"audio is {duration:.1f} s long, over the limit max_audio_seconds="
                                 f"{limits.max_audio_seconds:g}")
+    if arr.dtype == np.int16:
+        samples = arr.astype(np.float32) / 32768.0
+    else:
+        samples = arr.astype(np.float32, copy=False)
     if not np.all(np.isfinite(samples)):
         raise InvalidAudioError("audio contains NaN or infinite samples")
     peak = float(np.max(np.abs(samples)))
