@@ -1,0 +1,375 @@
+"""The web client (server/static/) in a real headless Chromium against the real server.
+
+Chromium's fake media devices are fed a WAV of espeak-ng speech and Y4M videos made from real
+photos (scikit-image's astronaut has a detectable face; a blank frame shows nobody). The server
+is ``mmagent serve`` in a subprocess on a free localhost port, with the real models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, synth_speech
+
+pytestmark = pytest.mark.browser
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+expect = playwright_sync.expect
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TOKEN = "web-test-token"
+SERVER_START_S = 300.0       # first start converts the GGUF model once; later starts are faster
+BROWSER_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+VIDEO_W, VIDEO_H, VIDEO_FPS = 640, 480, 2
+SPEECH_TEXT = "Where can I return these shoes?"
+
+
+# ---- media --------------------------------------------------------------------------------
+
+def _rgb_to_i420(rgb: np.ndarray) -> bytes:
+    """One Y4M frame body (planar Y, U, V; 4:2:0, full-range BT.601 as C420jpeg declares)."""
+    f = rgb.astype(np.float32)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    u = -0.168736 * r - 0.331264 * g + 0.5 * b + 128
+    v = 0.5 * r - 0.418688 * g - 0.081312 * b + 128
+
+    def sub(c: np.ndarray) -> np.ndarray:   # (H, W) -> (H/2, W/2), averaging 2x2 blocks
+        return c.reshape(c.shape[0] // 2, 2, c.shape[1] // 2, 2).mean(axis=(1, 3))
+
+    planes = [y, sub(u), sub(v)]
+    return b"".join(np.clip(p + 0.5, 0, 255).astype(np.uint8).tobytes() for p in planes)
+
+
+def write_y4m(path: Path, frames: list[tuple[np.ndarray, int]]) -> Path:
+    """Write a Y4M video of (RGB frame (H, W, 3) uint8, repeat count) at VIDEO_FPS."""
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{VIDEO_W} H{VIDEO_H} F{VIDEO_FPS}:1 Ip A1:1 C420jpeg\n".encode())
+        for rgb, repeat in frames:
+            assert rgb.shape == (VIDEO_H, VIDEO_W, 3), rgb.shape
+            body = _rgb_to_i420(rgb)
+            for _ in range(repeat):
+                f.write(b"FRAME\n" + body)
+    return path
+
+
+def _photo_frame(photo: np.ndarray) -> np.ndarray:
+    """A real photo letterboxed into one VIDEO_W x VIDEO_H frame."""
+    from PIL import Image
+
+    img = Image.fromarray(photo)
+    img.thumbnail((VIDEO_W, VIDEO_H))
+    canvas = Image.new("RGB", (VIDEO_W, VIDEO_H), (40, 44, 52))
+    canvas.paste(img, ((VIDEO_W - img.width) // 2, (VIDEO_H - img.height) // 2))
+    return np.asarray(canvas)
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Fake-device inputs: speech WAV (padded with silence so server VAD ends the turn), silence
+    WAV, a video of a photo with a face, and a video that is blank first and shows the face next."""
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("web_media")
+    rate = 48000
+    speech, _ = synth_speech(SPEECH_TEXT, sample_rate=rate)
+    # Chromium loops the file: the long tail of silence keeps the second loop out of the test.
+    padded = np.concatenate([np.zeros(rate // 2, np.float32), speech, np.zeros(rate * 25, np.float32)])
+    face = _photo_frame(data.astronaut())
+    blank = np.full((VIDEO_H, VIDEO_W, 3), 24, np.uint8)
+    return {
+        "speech": write_wav(d / "speech.wav", padded, rate),
+        "silence": write_wav(d / "silence.wav", np.zeros(rate * 2, np.float32), rate),
+        "face": write_y4m(d / "astronaut.y4m", [(face, VIDEO_FPS * 4)]),
+        "blank_then_face": write_y4m(d / "blank_then_face.y4m",
+                                     [(blank, VIDEO_FPS * 10), (face, VIDEO_FPS * 60)]),
+    }
+
+
+# ---- server -------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthz(url: str) -> dict[str, object] | None:
+    try:
+        with urllib.request.urlopen(url + "healthz", timeout=2) as r:
+            return dict(json.loads(r.read()))
+    except (OSError, ValueError):
+        return None
+
+
+class ServerProcess:
+    """``mmagent serve`` in a subprocess; can be stopped and started again on the same port."""
+
+    def __init__(self, state_dir: Path, log_path: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.state_dir = state_dir
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = SERVER_START_S) -> ServerProcess:
+        env = {**os.environ, "MMAGENT_STATE_DIR": str(self.state_dir), "PYTHONUNBUFFERED": "1"}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1",
+             "--port", str(self.port), "--token", TOKEN],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"mmagent serve exited with {self.proc.returncode}; see {self.log_path}")
+            health = _healthz(self.url)
+            if health and health.get("models_loaded", True):
+                return self
+            time.sleep(0.5)
+        self.stop()
+        pytest.fail(f"mmagent serve did not become ready in {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def web_server(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iterator[ServerProcess]:
+    """The real server with a token configured, models loaded, on a free localhost port."""
+    server = ServerProcess(tmp_path_factory.mktemp("web_state"), artifacts_dir / "web_server.log")
+    server.log_path.write_bytes(b"")
+    server.start()
+    yield server
+    server.stop()
+
+
+# ---- browser ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pw() -> Iterator[Any]:
+    with playwright_sync.sync_playwright() as p:
+        yield p
+
+
+def open_browser(pw: Any, *, audio: Path | None = None, video: Path | None = None,
+                 fake_ui: bool = True) -> Any:
+    """A fresh Chromium (own profile) whose camera and microphone play the given files."""
+    args = list(BROWSER_FLAGS)
+    if fake_ui:
+        args.append("--use-fake-ui-for-media-stream")
+    args.append("--use-fake-device-for-media-stream")
+    if audio is not None:
+        args.append(f"--use-file-for-fake-audio-capture={audio}")
+    if video is not None:
+        args.append(f"--use-file-for-fake-video-capture={video}")
+    profile = tempfile.mkdtemp(prefix="mmagent-chromium-")
+    ctx = pw.chromium.launch_persistent_context(
+        profile, executable_path=CHROMIUM, headless=True, args=args,
+        viewport={"width": 1440, "height": 900}, timeout=30_000)
+    ctx.set_default_timeout(20_000)
+    ctx._mmagent_profile = profile
+    return ctx
+
+
+def close_browser(ctx: Any) -> None:
+    ctx.close()
+    shutil.rmtree(ctx._mmagent_profile, ignore_errors=True)
+
+
+def seen(page: Any, event_type: str) -> int:
+    """How many server events of this type the page has received."""
+    return int(page.evaluate(f"window.mmagent.state.seen[{event_type!r}] || 0"))
+
+
+def connected(page: Any, timeout: float = 60_000) -> None:
+    expect(page.locator("#conn")).to_have_attribute("data-state", "ready", timeout=timeout)
+
+
+# ---- tests --------------------------------------------------------------------------------
+
+def test_spoken_turn_with_camera(pw: Any, web_server: ServerProcess, media: dict[str, Path],
+                                 artifacts_dir: Path) -> None:
+    """Speech + camera: transcript line, streamed reply, non-zero vision weight, camera labels."""
+    ctx = open_browser(pw, audio=media["speech"], video=media["face"])
+    try:
+        page = ctx.new_page()
+        page.goto(f"{web_server.url}?token={TOKEN}")
+        connected(page)
+        page.get_by_role("button", name="Turn camera on").click()
+        expect(page.locator("#preview")).to_have_class(re.compile(r"\bon\b"))
+        page.get_by_role("button", name="Turn microphone on").click()
+        expect(page.locator("#mic-toggle")).to_have_attribute("aria-pressed", "true")
+
+        transcript = page.locator(".msg.me.transcript .bubble").first
+        expect(transcript).to_have_text(re.compile(r"return|shoes", re.I), timeout=60_000)
+        reply = page.locator(".msg.bot").first
+        expect(reply).to_have_attribute("data-status", "completed", timeout=90_000)
+        page.get_by_role("button", name="Turn microphone off").click()  # before the WAV loops
+
+        assert seen(page, "response.output_text.delta") >= 2, "the reply did not stream"
+        assert page.locator(".msg.bot .bubble").first.inner_text().strip()
+        vision = page.locator('#why-weights .bar[data-modality="vision"]')
+        assert float(vision.get_attribute("data-weight") or 0) > 0
+        speech = page.locator('#why-weights .bar[data-modality="speech"]')
+        assert float(speech.get_attribute("data-weight") or 0) > 0
+        expect(page.locator("#why-vision .chip.label").first).to_be_visible()
+        expect(page.locator("#why-intent")).not_to_have_text("—")
+        expect(page.locator("#why-transcript")).to_contain_text("%")
+        # The reply is announced to screen readers once it is complete.
+        expect(page.locator("#announcer")).to_contain_text("Agent:")
+
+        shot = artifacts_dir / "web_turn.png"
+        page.screenshot(path=str(shot))
+        shutil.copyfile(shot, REPO_ROOT / "docs" / "screenshot.png")
+    finally:
+        close_browser(ctx)
+
+
+def test_typed_turn_and_stop(pw: Any, web_server: ServerProcess, media: dict[str, Path]) -> None:
+    """A typed question gets a streamed reply and a Why panel; Stop cancels the next reply."""
+    ctx = open_browser(pw, audio=media["silence"])
+    try:
+        page = ctx.new_page()
+        page.goto(f"{web_server.url}?token={TOKEN}")
+        connected(page)
+        box = page.get_by_label("Message")
+        box.fill("What are your opening hours?")
+        box.press("Enter")
+        expect(page.locator(".msg.me .bubble").first).to_have_text("What are your opening hours?")
+        first = page.locator(".msg.bot").nth(0)
+        expect(first).to_have_attribute("data-status", "completed", timeout=90_000)
+        assert first.locator(".bubble").inner_text().strip()
+        text_bar = page.locator('#why-weights .bar[data-modality="text"]')
+        assert float(text_bar.get_attribute("data-weight") or 0) > 0
+        expect(page.locator("#why-transcript")).to_have_text("typed, not spoken")
+
+        box.fill("Please tell me everything about your return policy, step by step.")
+        box.press("Enter")
+        second = page.locator(".msg.bot").nth(1)
+        stop = second.get_by_role("button", name="Stop reply 2")
+        stop.click(timeout=60_000)
+        expect(second).to_have_attribute("data-status", "cancelled", timeout=30_000)
+        expect(second.locator(".status-note")).to_have_text("Stopped")
+        expect(page.locator("#stop")).to_be_hidden()
+    finally:
+        close_browser(ctx)
+
+
+def test_kiosk_attract_screen_and_arrival(pw: Any, web_server: ServerProcess,
+                                          media: dict[str, Path]) -> None:
+    """Kiosk: attract screen while the camera shows nobody; it leaves with a greeting when a face appears."""
+    ctx = open_browser(pw, audio=media["silence"], video=media["blank_then_face"])
+    try:
+        page = ctx.new_page()
+        page.goto(f"{web_server.url}?kiosk=1&speak=0&token={TOKEN}")
+        expect(page.locator("body")).to_have_class(re.compile(r"\bkiosk\b"))
+        # The server reports the blank camera: nobody present, the attract screen stays.
+        page.wait_for_function("window.mmagent.state.faces === 0", timeout=60_000)
+        expect(page.locator("#attract")).to_be_visible()
+        # The face arrives: the server sees it, the attract screen leaves, the greeting shows.
+        page.wait_for_function("window.mmagent.state.faces > 0", timeout=45_000)
+        expect(page.locator("#attract")).to_be_hidden(timeout=10_000)
+        expect(page.locator("#greeting")).to_be_visible()
+        expect(page.locator("#greeting")).to_contain_text("help")
+    finally:
+        close_browser(ctx)
+
+
+def test_refused_token_and_plain_errors(pw: Any, web_server: ServerProcess, media: dict[str, Path]) -> None:
+    """A wrong token shows the refusal and a token field; a denied microphone and a limit show plainly."""
+    ctx = open_browser(pw, audio=media["silence"], fake_ui=False)  # no auto-allow: permission denied
+    try:
+        page = ctx.new_page()
+        page.goto(f"{web_server.url}?token=wrong-token")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "refused")
+        expect(page.locator("#errors")).to_contain_text("Token refused")
+        field = page.get_by_label("Access token")
+        expect(field).to_be_focused()
+        field.fill(TOKEN)
+        field.press("Enter")
+        connected(page)
+        expect(page.locator("#errors")).not_to_contain_text("Token refused")
+
+        page.get_by_role("button", name="Turn microphone on").click()
+        expect(page.locator("#errors")).to_contain_text("Microphone access was denied")
+
+        # Flood camera frames past the server's per-session rate: its limit error is shown.
+        page.evaluate("""async () => {
+            const c = document.createElement('canvas'); c.width = 64; c.height = 48;
+            const blob = await new Promise((r) => c.toBlob(r, 'image/jpeg'));
+            const buf = await blob.arrayBuffer();
+            for (let i = 0; i < 20; i++)
+                window.mmagent.conn.sendBinary({type: 'input_image_buffer.append'}, buf);
+        }""")
+        expect(page.locator("#errors")).to_contain_text("Limit exceeded")
+    finally:
+        close_browser(ctx)
+
+
+def test_reconnects_and_resumes_when_server_returns(pw: Any, web_server: ServerProcess,
+                                                    media: dict[str, Path]) -> None:
+    """Server stops: the page shows it is reconnecting; server returns: the session resumes."""
+    ctx = open_browser(pw, audio=media["silence"])
+    try:
+        page = ctx.new_page()
+        page.goto(f"{web_server.url}?token={TOKEN}")
+        connected(page)
+        box = page.get_by_label("Message")
+        box.fill("Hello!")
+        box.press("Enter")
+        expect(page.locator(".msg.bot").first).to_have_attribute("data-status", "completed", timeout=90_000)
+        session_id = page.evaluate("window.mmagent.conn.sessionId")
+        assert session_id and session_id.startswith("sess_")
+
+        web_server.stop()
+        expect(page.locator("#conn")).to_have_attribute("data-state", "reconnecting", timeout=15_000)
+        expect(page.locator("#conn-text")).to_contain_text(re.compile("unreachable|lost|Reconnecting"))
+        expect(page.locator("#errors")).to_contain_text(re.compile("Can't reach the server|Connection lost"))
+
+        web_server.start()
+        connected(page, timeout=120_000)
+        expect(page.locator("#log")).to_contain_text("Reconnected — conversation resumed.")
+        assert page.evaluate("window.mmagent.conn.sessionId") == session_id
+        expect(page.locator("#errors")).not_to_contain_text("Can't reach the server")
+    finally:
+        close_browser(ctx)
