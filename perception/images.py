@@ -3,12 +3,15 @@
 Sizes are checked from the header before any pixel is decoded (PIL's ``Image.open`` reads only
 the header), so a 20000×20000 image is refused without allocating its 1.2 GB of pixels.
 Truncated files raise :class:`InvalidImageError`: this module relies on PIL's default
-``ImageFile.LOAD_TRUNCATED_IMAGES = False`` and never changes it.
+``ImageFile.LOAD_TRUNCATED_IMAGES = False`` and never changes it. PIL's own decompression-bomb
+guard (``Image.MAX_IMAGE_PIXELS``) is left at its default, so it still protects other code in the
+process; it refuses at open above ~179 Mpx, which caps ``Limits.max_image_pixels`` in effect.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -63,11 +66,15 @@ def _from_bytes(data: bytes, config: PerceptionConfig, index: int, min_side: int
     assert not ImageFile.LOAD_TRUNCATED_IMAGES, "someone enabled PIL's LOAD_TRUNCATED_IMAGES"
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own limit (checked next) decides; PIL's warning tier would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))  # header only
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image #{index} is too large to decode ({exc}); limit "
-                                 f"max_image_pixels={limits.max_image_pixels:,}") from exc
+    except Image.DecompressionBombError as exc:
+        # PIL refuses at open past 2 × Image.MAX_IMAGE_PIXELS (~179 Mpx), before we see the size.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise ImageTooLargeError(f"image #{index} is {size}, over the limit max_image_pixels="
+                                 f"{limits.max_image_pixels:,}") from exc
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
         raise InvalidImageError(f"image #{index} cannot be read as an image: {exc}") from exc
     if im.format not in ACCEPTED_FORMATS:
