@@ -2,22 +2,14 @@
 
 Chromium's fake media devices are fed a WAV of espeak-ng speech and Y4M videos made from real
 photos (scikit-image's astronaut has a detectable face; a blank frame shows nobody). The server
-is ``mmagent serve`` in a subprocess on a free localhost port, with the real models.
+is the real one (tests/conftest.py start_server) on a free localhost port, with the real models.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, synth_speech
+from tests.conftest import REPO_ROOT, start_server, synth_speech
 
 pytestmark = pytest.mark.browser
 
@@ -35,7 +27,6 @@ expect = playwright_sync.expect
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKEN = "web-test-token"
-SERVER_START_S = 300.0       # first start converts the GGUF model once; later starts are faster
 BROWSER_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -119,68 +110,17 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 # ---- server -------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthz(url: str) -> dict[str, object] | None:
-    try:
-        with urllib.request.urlopen(url + "healthz", timeout=2) as r:
-            return dict(json.loads(r.read()))
-    except (OSError, ValueError):
-        return None
-
-
-class ServerProcess:
-    """``mmagent serve`` in a subprocess; can be stopped and started again on the same port."""
-
-    def __init__(self, state_dir: Path, log_path: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.state_dir = state_dir
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = SERVER_START_S) -> ServerProcess:
-        env = {**os.environ, "MMAGENT_STATE_DIR": str(self.state_dir), "PYTHONUNBUFFERED": "1"}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), "--token", TOKEN],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mmagent serve exited with {self.proc.returncode}; see {self.log_path}")
-            health = _healthz(self.url)
-            if health and health.get("models_loaded", True):
-                return self
-            time.sleep(0.5)
-        self.stop()
-        pytest.fail(f"mmagent serve did not become ready in {timeout:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
+def _web_server(state_dir: Path, port: int = 0) -> Any:
+    """The real server (tests/conftest.py's start_server: models shared in this process), with a token."""
+    return start_server(tokens=[TOKEN], state_dir=str(state_dir), port=port)
 
 
 @pytest.fixture(scope="module")
-def web_server(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iterator[ServerProcess]:
+def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The real server with a token configured, models loaded, on a free localhost port."""
-    server = ServerProcess(tmp_path_factory.mktemp("web_state"), artifacts_dir / "web_server.log")
-    server.log_path.write_bytes(b"")
-    server.start()
-    yield server
-    server.stop()
+    srv = _web_server(tmp_path_factory.mktemp("web_state"))
+    yield srv
+    srv.stop()
 
 
 # ---- browser ------------------------------------------------------------------------------
@@ -227,7 +167,7 @@ def connected(page: Any, timeout: float = 60_000) -> None:
 
 # ---- tests --------------------------------------------------------------------------------
 
-def test_spoken_turn_with_camera(pw: Any, web_server: ServerProcess, media: dict[str, Path],
+def test_spoken_turn_with_camera(pw: Any, web_server: Any, media: dict[str, Path],
                                  artifacts_dir: Path) -> None:
     """Speech + camera: transcript line, streamed reply, non-zero vision weight, camera labels."""
     ctx = open_browser(pw, audio=media["speech"], video=media["face"])
@@ -265,7 +205,7 @@ def test_spoken_turn_with_camera(pw: Any, web_server: ServerProcess, media: dict
         close_browser(ctx)
 
 
-def test_typed_turn_and_stop(pw: Any, web_server: ServerProcess, media: dict[str, Path]) -> None:
+def test_typed_turn_and_stop(pw: Any, web_server: Any, media: dict[str, Path]) -> None:
     """A typed question gets a streamed reply and a Why panel; Stop cancels the next reply."""
     ctx = open_browser(pw, audio=media["silence"])
     try:
@@ -295,7 +235,7 @@ def test_typed_turn_and_stop(pw: Any, web_server: ServerProcess, media: dict[str
         close_browser(ctx)
 
 
-def test_kiosk_attract_screen_and_arrival(pw: Any, web_server: ServerProcess,
+def test_kiosk_attract_screen_and_arrival(pw: Any, web_server: Any,
                                           media: dict[str, Path]) -> None:
     """Kiosk: attract screen while the camera shows nobody; it leaves with a greeting when a face appears."""
     ctx = open_browser(pw, audio=media["silence"], video=media["blank_then_face"])
@@ -315,7 +255,7 @@ def test_kiosk_attract_screen_and_arrival(pw: Any, web_server: ServerProcess,
         close_browser(ctx)
 
 
-def test_refused_token_and_plain_errors(pw: Any, web_server: ServerProcess, media: dict[str, Path]) -> None:
+def test_refused_token_and_plain_errors(pw: Any, web_server: Any, media: dict[str, Path]) -> None:
     """A wrong token shows the refusal and a token field; a denied microphone and a limit show plainly."""
     ctx = open_browser(pw, audio=media["silence"], fake_ui=False)  # no auto-allow: permission denied
     try:
@@ -346,13 +286,14 @@ def test_refused_token_and_plain_errors(pw: Any, web_server: ServerProcess, medi
         close_browser(ctx)
 
 
-def test_reconnects_and_resumes_when_server_returns(pw: Any, web_server: ServerProcess,
-                                                    media: dict[str, Path]) -> None:
+def test_reconnects_and_resumes_when_server_returns(pw: Any, media: dict[str, Path], tmp_path: Path) -> None:
     """Server stops: the page shows it is reconnecting; server returns: the session resumes."""
+    srv = _web_server(tmp_path)
+    port = int(srv.url.rstrip("/").rsplit(":", 1)[1])
     ctx = open_browser(pw, audio=media["silence"])
     try:
         page = ctx.new_page()
-        page.goto(f"{web_server.url}?token={TOKEN}")
+        page.goto(f"{srv.url}?token={TOKEN}")
         connected(page)
         box = page.get_by_label("Message")
         box.fill("Hello!")
@@ -361,15 +302,16 @@ def test_reconnects_and_resumes_when_server_returns(pw: Any, web_server: ServerP
         session_id = page.evaluate("window.mmagent.conn.sessionId")
         assert session_id and session_id.startswith("sess_")
 
-        web_server.stop()
+        srv.stop()
         expect(page.locator("#conn")).to_have_attribute("data-state", "reconnecting", timeout=15_000)
         expect(page.locator("#conn-text")).to_contain_text(re.compile("unreachable|lost|Reconnecting"))
         expect(page.locator("#errors")).to_contain_text(re.compile("Can't reach the server|Connection lost"))
 
-        web_server.start()
-        connected(page, timeout=120_000)
+        srv = _web_server(tmp_path, port=port)
+        connected(page, timeout=60_000)
         expect(page.locator("#log")).to_contain_text("Reconnected — conversation resumed.")
         assert page.evaluate("window.mmagent.conn.sessionId") == session_id
         expect(page.locator("#errors")).not_to_contain_text("Can't reach the server")
     finally:
         close_browser(ctx)
+        srv.stop()
