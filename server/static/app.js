@@ -426,6 +426,7 @@ function onResponseDone(r) {
   const status = r.status || "completed";
   const details = r.status_details || {};
   if (r.turn && Array.isArray(r.turn.actions) && !t.actions.length) t.actions = r.turn.actions.slice();
+  if (r.turn) t.summary = { intent: r.turn.intent, emotion: r.turn.emotion };
   if (r.timings_ms) t.timings = { ...(t.timings || {}), ...r.timings_ms };
   if (!t.replyText && Array.isArray(r.output)) {
     const text = r.output.flatMap((o) => o.content || []).filter((c) => c.type === "output_text").map((c) => c.text).join("");

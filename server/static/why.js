@@ -9,6 +9,10 @@ function pct(x) {
   return `${Math.round(Math.max(0, Math.min(1, x)) * 100)}%`;
 }
 
+function stripNulls(obj) {
+  return Object.fromEntries(Object.entries(obj).filter(([, v]) => v !== null && v !== undefined));
+}
+
 function humanise(label) {
   return String(label || "").replace(/_/g, " ");
 }
@@ -41,6 +45,8 @@ export function readVision(p) {
   else if (faces && typeof faces === "object") count = faces.count ?? (Array.isArray(faces.boxes) ? faces.boxes.length : null);
   if (count === null && typeof src.face_count === "number") count = src.face_count;
   if (count === null && typeof src.present === "boolean") count = src.present ? 1 : 0;
+  // A turn without camera frames says nothing about faces (its face_count 0 is not "nobody").
+  if (Array.isArray(src.frames) && src.frames.length === 0) return { labels: [], faces: null };
   return { labels, faces: count };
 }
 
@@ -65,7 +71,13 @@ export class WhyPanel {
     this.empty.hidden = true;
     this.body.hidden = false;
     this.turnLabel.textContent = `Turn ${turn.n}`;
-    const f = turn.fused || {};
+    const f = { ...(turn.summary || {}), ...stripNulls(turn.fused || {}) };
+    const note = $("why-note");
+    const noFusion = turn.fused && turn.fused.intent == null && !Object.keys(turn.fused.modality_weights || {}).length;
+    note.hidden = !noFusion;
+    note.textContent = noFusion
+      ? "This server runs without its fusion model, so it reports no intent confidence or signal weights for this turn."
+      : "";
     withConf($("why-intent"), f.intent, f.intent_confidence);
     withConf($("why-emotion"), f.emotion, f.emotion_confidence);
     const addr = $("why-addressee");
@@ -82,7 +94,7 @@ export class WhyPanel {
     this.renderActions(turn.actions || []);
     const t = f.timings || turn.timings;
     $("why-timings").textContent = t && typeof t === "object"
-      ? "Timings: " + Object.entries(t).map(([k, v]) => `${humanise(k)} ${typeof v === "number" ? (v < 20 ? Math.round(v * 1000) : Math.round(v)) + " ms" : v}`).join(" · ")
+      ? "Timings: " + Object.entries(t).map(([k, v]) => `${humanise(k)} ${typeof v === "number" ? Math.round(v) + " ms" : v}`).join(" · ")
       : "";
   }
 
