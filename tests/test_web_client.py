@@ -315,3 +315,53 @@ def test_reconnects_and_resumes_when_server_returns(pw: Any, media: dict[str, Pa
     finally:
         close_browser(ctx)
         srv.stop()
+
+
+STATIC_DIR = REPO_ROOT / "server" / "static"
+
+
+@pytest.mark.parametrize("target_rate", [16000, 24000, 48000])
+def test_audio_worklet_pcm16_chunks(pw: Any, target_rate: int) -> None:
+    """The AudioWorklet turns a 48 kHz 440 Hz tone into 20 ms PCM16 chunks at the session rate."""
+    ctx = open_browser(pw)
+    try:
+        page = ctx.new_page()
+        # A localhost page is a secure context (AudioWorklet needs one); routing serves it. Worklet
+        # module fetches bypass routing, so the module's source goes in as a Blob URL.
+        page.route("http://127.0.0.1:9/", lambda route: route.fulfill(body="<!doctype html><title>t</title>",
+                                                                     content_type="text/html"))
+        page.goto("http://127.0.0.1:9/")
+        source = (STATIC_DIR / "pcm-worklet.js").read_text()
+        out = page.evaluate("""async ([rate, source]) => {
+            const url = URL.createObjectURL(new Blob([source], {type: 'text/javascript'}));
+            const ctx = new OfflineAudioContext({numberOfChannels: 1, length: 48000, sampleRate: 48000});
+            await ctx.audioWorklet.addModule(url);
+            const node = new AudioWorkletNode(ctx, 'pcm-encoder', {numberOfInputs: 1, numberOfOutputs: 0,
+                processorOptions: {targetRate: rate, chunkMs: 20}});
+            const chunks = [];
+            node.port.onmessage = (ev) => { if (ev.data.type === 'chunk') chunks.push(new Int16Array(ev.data.pcm)); };
+            const osc = new OscillatorNode(ctx, {frequency: 440});
+            const gain = new GainNode(ctx, {gain: 0.5});
+            osc.connect(gain).connect(node);
+            osc.start();
+            await ctx.startRendering();
+            await new Promise((r) => setTimeout(r, 200));
+            const lens = chunks.map((c) => c.length);
+            const all = new Int16Array(lens.reduce((a, b) => a + b, 0));
+            let o = 0; for (const c of chunks) { all.set(c, o); o += c.length; }
+            let crossings = 0, peak = 0;
+            for (let i = 1; i < all.length; i++) {
+                if ((all[i - 1] < 0) !== (all[i] < 0)) crossings++;
+                peak = Math.max(peak, Math.abs(all[i]));
+            }
+            return {lens, total: all.length, crossings, peak};
+        }""", [target_rate, source])
+        chunk = target_rate * 20 // 1000
+        assert out["lens"] and all(n == chunk for n in out["lens"]), out["lens"][:5]
+        seconds = out["total"] / target_rate
+        assert 0.9 < seconds <= 1.0, seconds                      # real time at the session rate
+        freq = out["crossings"] / 2 / seconds
+        assert abs(freq - 440) < 10, freq                         # pitch survives resampling
+        assert 0.4 * 32767 < out["peak"] < 0.55 * 32767, out["peak"]  # amplitude too (gain 0.5)
+    finally:
+        close_browser(ctx)

@@ -310,6 +310,7 @@ function handleEvent(ev) {
     case "session.created": {
       const resumed = !!(ev.session && ev.session.resumed);
       if (state.hadSession && !state.quietReconnect) chat.system(resumed ? "Reconnected — conversation resumed." : "Reconnected — a new conversation started.");
+      else if (!state.hadSession && resumed) chat.system("Continuing your earlier conversation: the agent remembers it, this page shows only what follows.");
       state.hadSession = true;
       state.quietReconnect = false;
       applySession(ev.session);
