@@ -196,38 +196,43 @@ def encode_manifest(manifest: Manifest, perception: PerceptionLike, *, cache: Fe
 
     # Images, in batches; a failing batch is retried item by item to find the bad file.
     img_rows = [r for r in rows if r.image is not None and r.line not in bad]
-    pending: list[tuple[ManifestRow, str, bytes]] = []
+    pending: dict[str, tuple[bytes, list[ManifestRow]]] = {}  # key -> (file bytes, rows showing it)
     for r in img_rows:
         assert r.image is not None
         data = r.image.read_bytes()
         key = _key(identities["vision"], data)
+        if key in pending:
+            pending[key][1].append(r)
+            continue
         hit = cache.get("vision", key)
         if hit is None:
-            pending.append((r, key, data))
+            pending[key] = (data, [r])
         else:
             vision[r.line] = hit["vector"]
-    for s in range(0, len(pending), image_batch):
-        chunk = pending[s : s + image_batch]
+    items = list(pending.items())
+    for s in range(0, len(items), image_batch):
+        chunk = items[s : s + image_batch]
         try:
-            encs = perception.encode_frames([c[2] for c in chunk])
-            results: list[Any] = list(encs)
+            results: list[Any] = list(perception.encode_frames([c[1][0] for c in chunk]))
         except InputError:
             results = []
             for c in chunk:
                 try:
-                    results.append(perception.encode_frames([c[2]])[0])
+                    results.append(perception.encode_frames([c[1][0]])[0])
                 except InputError as exc:
                     results.append(exc)
-        for (r, key, _), enc in zip(chunk, results, strict=True):
+        for (key, (_, img_of)), enc in zip(chunk, results, strict=True):
             if isinstance(enc, Exception):
-                errors.append((r.line, f"unreadable image {r.image}: {enc}"))
-                bad.add(r.line)
+                for r in img_of:
+                    errors.append((r.line, f"unreadable image {r.image}: {enc}"))
+                    bad.add(r.line)
                 continue
             v = enc.feature_vector()
             cache.put("vision", key, {"vector": v})
-            vision[r.line] = v
+            for r in img_of:
+                vision[r.line] = v
         if (s // image_batch) % 10 == 9:
-            log.info("images %d/%d (%.0f s)", s + len(chunk), len(pending), time.perf_counter() - t0)
+            log.info("images %d/%d (%.0f s)", s + len(chunk), len(items), time.perf_counter() - t0)
 
     # Texts: typed text and/or transcript, batched.
     texts = {r.line: turn_text(r.text, speech.get(r.line, {}).get("transcript")) for r in rows if r.line not in bad}
