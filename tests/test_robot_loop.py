@@ -1,0 +1,48 @@
+"""examples/robot_loop.py against a real server: replies arrive, actions run, the 20 Hz loop keeps time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO_ROOT, synth_speech
+
+pytestmark = pytest.mark.slow
+
+
+def make_video(path: Path, seconds: float = 4.0, fps: int = 10) -> None:
+    """An MJPG AVI alternating skimage's astronaut (a face) and chelsea (a cat)."""
+    import cv2
+    from skimage import data
+
+    frames = [cv2.cvtColor(cv2.resize(img, (480, 360)), cv2.COLOR_RGB2BGR)
+              for img in (data.astronaut(), data.chelsea())]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (480, 360))
+    assert writer.isOpened()
+    for i in range(int(seconds * fps)):
+        writer.write(frames[(i // fps) % 2])
+    writer.release()
+
+
+def test_robot_loop_against_real_server(mm_server: Any, tmp_path: Path, artifacts_dir: Path) -> None:
+    """The robot loop streams video + WAV at real time, prints the reply, and its p99 period error ≤ 5 ms."""
+    video, wav = tmp_path / "robot.avi", tmp_path / "robot.wav"
+    make_video(video)
+    synth_speech("Hello! What are your opening hours today?", sample_rate=24000, out=wav)
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "robot_loop.py"), "--url", mm_server.ws_url,
+         "--video", str(video), "--wav", str(wav), "--duration", "90", "--replies", "1", "--priority"],
+        capture_output=True, text=True, timeout=150, cwd=REPO_ROOT)
+    (artifacts_dir / "robot_loop.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["replies_completed"] == 1 and summary["errors"] == [] and summary["send_errors"] == 0
+    assert "[heard]" in proc.stdout
+    assert summary["period_error_while_streaming_ms"]["n"] > 0
+    assert summary["period_error_while_streaming_ms"]["p99"] <= 5.0, summary
+    assert summary["period_error_ms"]["p99"] <= 5.0, summary
