@@ -257,12 +257,8 @@ function newTurn(kind, itemId = null) {
 
 /** The newest turn that has no response yet (a response is created for it next). */
 function waitingTurn() {
-  for (let i = state.turns.length - 1; i >= 0; i--) {
-    const t = state.turns[i];
-    if (!t.responseId) return t;
-    break;
-  }
-  return null;
+  const t = state.turns[state.turns.length - 1];
+  return t && !t.responseId ? t : null;
 }
 
 function turnFor(ev) {
@@ -278,6 +274,7 @@ function speechTurn(itemId) {
     if (itemId) {
       t.itemId = itemId;
       state.byItem.set(itemId, t);
+      state.pttTurn = null;
     }
     return t;
   }
@@ -468,6 +465,7 @@ function onError(e) {
     case "response_cancel_not_active":
       return; // the reply ended on its own just before the stop arrived
     case "input_audio_buffer_commit_empty":
+      dropPttTurn();
       showError("ptt", "Nothing was heard", "Hold the talk button while you speak, and release it when you are done.", { warn: true, timeoutMs: 6000 });
       return;
     case "conversation_already_has_active_response":
@@ -648,6 +646,15 @@ async function pttUp() {
   const t = state.pttTurn;
   if (t && t.userEl) t.userEl.querySelector(".bubble").textContent = "Transcribing…";
   conn.send({ type: "input_audio_buffer.commit" });
+}
+
+/** A push-to-talk press that carried no audio: its placeholder line goes away. */
+function dropPttTurn() {
+  const t = state.pttTurn;
+  state.pttTurn = null;
+  if (!t || t.itemId) return;
+  if (t.userEl) t.userEl.remove();
+  state.turns = state.turns.filter((x) => x !== t);
 }
 
 function setMode(mode) {
