@@ -1,0 +1,287 @@
+"""Load benchmark of the realtime server: N concurrent simulated clients on localhost.
+
+Each client (a kiosk) sends a camera frame every second and does ``--turns`` turns, alternating
+a spoken turn (espeak-ng speech streamed at real time in 40 ms chunks, then silence until the
+server's VAD ends the turn) and a typed turn. Measured on the client side:
+
+- end of speech → first reply delta (the time the last speech sample was sent → first delta;
+  includes the VAD's silence_duration_ms, 500 ms by default, and the transcription)
+- text turn (response.create sent) → first delta
+- turns per minute, error events, server peak RSS (sampled every 0.2 s)
+
+for N = 1, 8, 32 with micro-batching on, then off; the server runs in a subprocess
+(``mmagent serve``). Writes ``artifacts/bench_server.json`` and prints a table.
+
+    .venv/bin/python bench/server.py [--n 1 8 32] [--turns 2] [--max-new-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from server.client import RealtimeClient  # noqa: E402
+
+RATE = 24000
+CHUNK_S = 0.04
+QUESTIONS = ["Where are the batteries?", "What are your opening hours?", "Can I return shoes without a receipt?",
+             "How much is a coffee?", "Hello there!", "Can I pay by card?"]
+SPOKEN = ["Hello, what are your opening hours?", "Where can I find the batteries?",
+          "Can I return these shoes?"]
+
+
+def speech(text: str) -> np.ndarray:
+    raw = subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "--stdout", text], check=True,
+                         capture_output=True).stdout
+    pcm = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-r", str(RATE), "-c", "1", "-e", "signed-integer",
+                          "-b", "16", "-"], input=raw, check=True, capture_output=True).stdout
+    return np.frombuffer(pcm, dtype=np.int16)
+
+
+def frames() -> list[bytes]:
+    from PIL import Image
+    from skimage import data
+
+    out = []
+    for img in (data.chelsea(), data.astronaut(), data.coffee()):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=80)
+        out.append(buf.getvalue())
+    return out
+
+
+class ServerProcess:
+    """``mmagent serve`` in a subprocess on a free port; RSS sampled in a thread."""
+
+    def __init__(self, batching: bool, max_new_tokens: int, state_dir: str) -> None:
+        cfg = {"port": 0, "state_dir": state_dir, "limits": {"max_sessions": 256, "max_sessions_per_token": 256},
+               "agent": {"responder": {"local": {"max_new_tokens": max_new_tokens}}}}
+        self.cfg_file = Path(state_dir) / f"bench_{'on' if batching else 'off'}.json"
+        self.cfg_file.write_text(json.dumps(cfg))
+        cmd = [sys.executable, "-m", "server.cli", "serve", "--config", str(self.cfg_file)]
+        if not batching:
+            cmd.append("--no-batching")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env)
+        assert self.proc.stdout is not None
+        self.log: list[str] = []
+        self.ws_url = ""
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("server exited:\n" + "".join(self.log[-30:]))
+            self.log.append(line)
+            m = re.search(r"WebSocket endpoint: (\S+)", line)
+            if m:
+                self.ws_url = m.group(1)
+                break
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.peak_rss = 0
+        self._sampling = False
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line)
+
+    def sample_rss(self) -> None:
+        import psutil
+
+        p = psutil.Process(self.proc.pid)
+        self.peak_rss = 0
+        self._sampling = True
+
+        def run() -> None:
+            while self._sampling:
+                self.peak_rss = max(self.peak_rss, p.memory_info().rss)
+                time.sleep(0.2)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def stop_sampling(self) -> int:
+        self._sampling = False
+        time.sleep(0.25)
+        return self.peak_rss
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def client(url: str, idx: int, turns: int, voices: list[np.ndarray], jpegs: list[bytes],
+                 res: dict[str, list[Any]]) -> None:
+    async with RealtimeClient(url, reconnect=False, open_timeout=120) as c:
+        stop = asyncio.Event()
+
+        async def camera() -> None:
+            k = idx
+            while not stop.is_set():
+                await c.send_frame(jpegs[k % len(jpegs)])
+                k += 1
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except TimeoutError:
+                    pass
+
+        cam = asyncio.ensure_future(camera())
+        try:
+            for t in range(turns):
+                spoken = (t + idx) % 2 == 0
+                first: float | None = None
+                t_ref = 0.0
+                if spoken:
+                    pcm = np.concatenate([np.zeros(int(RATE * 0.3), np.int16), voices[(idx + t) % len(voices)]])
+                    tail = np.zeros(int(RATE * 2.0), np.int16)
+                    step = int(RATE * CHUNK_S)
+                    t0 = time.perf_counter()
+                    for i, s in enumerate(range(0, len(pcm), step)):
+                        await c.append_audio(pcm[s:s + step])
+                        await asyncio.sleep(max(0.0, t0 + (i + 1) * CHUNK_S - time.perf_counter()))
+                    t_ref = time.perf_counter()   # the last speech sample has been sent
+                    tail_task = asyncio.ensure_future(_stream(c, tail, step))
+                else:
+                    tail_task = None
+                    await c.send_text(QUESTIONS[(idx + t) % len(QUESTIONS)], respond=False)
+                    t_ref = time.perf_counter()
+                    await c.create_response()
+                async with asyncio.timeout(600):
+                    async for ev in c.events():
+                        if ev["type"] == "error":
+                            res["errors"].append(ev["error"]["code"])
+                        elif ev["type"] == "response.output_text.delta" and first is None:
+                            first = time.perf_counter()
+                        elif ev["type"] == "response.done":
+                            status = ev["response"]["status"]
+                            if status == "completed" and first is not None:
+                                res["speech" if spoken else "text"].append(first - t_ref)
+                                res["done"].append(time.perf_counter())
+                            else:
+                                res["errors"].append(f"response_{status}")
+                            break
+                if tail_task is not None:
+                    await tail_task
+        finally:
+            stop.set()
+            await cam
+
+
+async def _stream(c: RealtimeClient, pcm: np.ndarray, step: int) -> None:
+    """Send ``pcm`` at real time in ``step``-sample chunks (silence after the speech, as a mic would)."""
+    t1 = time.perf_counter()
+    for i, s in enumerate(range(0, len(pcm), step)):
+        await c.append_audio(pcm[s:s + step])
+        await asyncio.sleep(max(0.0, t1 + (i + 1) * CHUNK_S - time.perf_counter()))
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)) * 1000, 1) if xs else None
+
+
+async def run_load(url: str, n: int, turns: int, voices: list[np.ndarray], jpegs: list[bytes]) -> dict[str, Any]:
+    res: dict[str, list[Any]] = {"speech": [], "text": [], "errors": [], "done": []}
+    t0 = time.perf_counter()
+    outcomes = await asyncio.gather(*(client(url, i, turns, voices, jpegs, res) for i in range(n)),
+                                    return_exceptions=True)
+    wall = time.perf_counter() - t0
+    for o in outcomes:
+        if isinstance(o, BaseException):
+            res["errors"].append(f"client:{type(o).__name__}:{o}"[:120])
+    return {
+        "n": n, "wall_s": round(wall, 1), "turns": len(res["done"]),
+        "turns_per_min": round(60 * len(res["done"]) / wall, 1),
+        "speech_first_delta_ms": {"p50": pct(res["speech"], 50), "p95": pct(res["speech"], 95),
+                                  "count": len(res["speech"])},
+        "text_first_delta_ms": {"p50": pct(res["text"], 50), "p95": pct(res["text"], 95), "count": len(res["text"])},
+        "errors": len(res["errors"]), "error_codes": sorted(set(map(str, res["errors"]))),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--turns", type=int, default=2, help="turns per client (alternating spoken / typed)")
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="reply length cap of the local LLM")
+    ap.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"], help="micro-batching")
+    ap.add_argument("--out", default=str(REPO / "artifacts" / "bench_server.json"))
+    args = ap.parse_args()
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("espeak-ng and sox are needed (scripts/setup.sh)")
+    voices = [speech(t) for t in SPOKEN]
+    jpegs = frames()
+    results: dict[str, Any] = {"config": {"n": args.n, "turns": args.turns, "max_new_tokens": args.max_new_tokens,
+                                          "cpu_count": os.cpu_count(), "machine": os.uname().machine},
+                               "runs": {}}
+    state = tempfile.mkdtemp(prefix="mmagent-bench-")
+    for mode in args.modes:
+        print(f"== micro-batching {mode}: starting the server", flush=True)
+        srv = ServerProcess(mode == "on", args.max_new_tokens, state)
+        runs = []
+        try:
+            for n in args.n:
+                srv.sample_rss()
+                r = asyncio.run(run_load(srv.ws_url, n, args.turns, voices, jpegs))
+                r["server_peak_rss_mb"] = round(srv.stop_sampling() / 2**20, 1)
+                print(json.dumps(r), flush=True)
+                runs.append(r)
+        finally:
+            srv.stop()
+        results["runs"][mode] = runs
+    if "on" in results["runs"] and "off" in results["runs"]:
+        ratios = []
+        for on, off in zip(results["runs"]["on"], results["runs"]["off"], strict=True):
+            ratios.append({"n": on["n"], "turns_per_min_on_over_off":
+                           round(on["turns_per_min"] / off["turns_per_min"], 2) if off["turns_per_min"] else None,
+                           "text_p50_off_over_on": _ratio(off["text_first_delta_ms"]["p50"],
+                                                          on["text_first_delta_ms"]["p50"]),
+                           "speech_p50_off_over_on": _ratio(off["speech_first_delta_ms"]["p50"],
+                                                            on["speech_first_delta_ms"]["p50"])})
+        results["batching_ratio"] = ratios
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print_table(results)
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print("\n| batching | N | speech→1st delta p50 / p95 ms | text→1st delta p50 / p95 ms | turns/min | errors | "
+          "server peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for mode, runs in results["runs"].items():
+        for r in runs:
+            s, t = r["speech_first_delta_ms"], r["text_first_delta_ms"]
+            print(f"| {mode} | {r['n']} | {s['p50']} / {s['p95']} | {t['p50']} / {t['p95']} | {r['turns_per_min']} | "
+                  f"{r['errors']} | {r['server_peak_rss_mb']} |")
+    for r in results.get("batching_ratio", []):
+        print(f"N={r['n']}: turns/min on/off = {r['turns_per_min_on_over_off']}, text p50 off/on = "
+              f"{r['text_p50_off_over_on']}, speech p50 off/on = {r['speech_p50_off_over_on']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
