@@ -235,6 +235,45 @@ def test_typed_turn_and_stop(pw: Any, web_server: Any, media: dict[str, Path]) -
         close_browser(ctx)
 
 
+def test_barge_in_and_push_to_talk(pw: Any, web_server: Any, media: dict[str, Path]) -> None:
+    """Speaking while a reply streams interrupts it (hands-free); push-to-talk sends a held turn."""
+    ctx = open_browser(pw, audio=media["speech"])
+    try:
+        page = ctx.new_page()
+        page.goto(f"{web_server.url}?token={TOKEN}")
+        connected(page)
+        box = page.get_by_label("Message")
+        box.fill("Please tell me everything about your return policy, step by step.")
+        box.press("Enter")
+        typed_reply = page.locator(".msg.bot").nth(0)
+        expect(typed_reply).to_be_visible(timeout=60_000)
+        # The fake microphone starts speaking half a second after it opens: a barge-in.
+        page.get_by_role("button", name="Turn microphone on").click()
+        expect(typed_reply).to_have_attribute("data-status", "cancelled", timeout=30_000)
+        expect(typed_reply.locator(".status-note")).to_have_text("Interrupted — you started talking")
+        expect(page.locator(".msg.me.transcript .bubble").first).to_have_text(
+            re.compile(r"return|shoes", re.I), timeout=60_000)
+        expect(page.locator(".msg.bot").nth(1)).to_have_attribute("data-status", "completed", timeout=90_000)
+        page.get_by_role("button", name="Turn microphone off").click()
+
+        # Push to talk: the mic restarts (its file plays from the start) only while the button is held.
+        page.get_by_label("Push to talk").check()
+        talk = page.get_by_role("button", name="Hold to talk")
+        expect(talk).to_be_visible()
+        box_ = talk.bounding_box()
+        assert box_ is not None
+        page.mouse.move(box_["x"] + box_["width"] / 2, box_["y"] + box_["height"] / 2)
+        page.mouse.down()
+        page.wait_for_timeout(3500)
+        page.mouse.up()
+        expect(page.locator(".msg.me.transcript .bubble").nth(1)).to_have_text(
+            re.compile(r"return|shoes", re.I), timeout=60_000)
+        expect(page.locator(".msg.bot").nth(2)).to_have_attribute("data-status", "completed", timeout=90_000)
+        assert seen(page, "input_audio_buffer.speech_started") == 1, "push-to-talk must not use server VAD"
+    finally:
+        close_browser(ctx)
+
+
 def test_kiosk_attract_screen_and_arrival(pw: Any, web_server: Any,
                                           media: dict[str, Path]) -> None:
     """Kiosk: attract screen while the camera shows nobody; it leaves with a greeting when a face appears."""
