@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,28 +45,30 @@ def _perceive(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     out: dict[str, Any] = {"device": str(perception.device)}
 
+    # Read every input first: a missing or undecodable file fails before any model loads.
+    blobs: list[bytes] = []
+    with perception.timed("read_images", timings):
+        for f in args.image:
+            path = Path(f)
+            if not path.is_file():
+                raise InvalidImageError(f"image file not found: {path}")
+            blobs.append(path.read_bytes())
+    if args.audio:
+        with perception.timed("read_audio", timings):
+            samples, rate = read_audio_file(args.audio, config.limits)
+
     # Load only what this call needs, and report it apart from the work itself.
     needed = tuple(m for m, wanted in (("text", args.text), ("speech", args.audio), ("vision", args.image))
                    if wanted)
-    t0 = time.perf_counter()
-    perception.warmup(needed)
-    timings["load_models"] = time.perf_counter() - t0
+    with perception.timed("load_models", timings):
+        perception.warmup(needed)
 
-    if args.image:
-        with perception.timed("read_images", timings):
-            blobs = []
-            for f in args.image:
-                path = Path(f)
-                if not path.is_file():
-                    raise InvalidImageError(f"image file not found: {path}")
-                blobs.append(path.read_bytes())
+    if blobs:
         with perception.timed("vision", timings):
             frames = perception.encode_frames(blobs)
         out["images"] = [{"file": f, **_with_embedding(fr.to_json(), fr.embedding, args.embeddings)}
                          for f, fr in zip(args.image, frames, strict=True)]
     if args.audio:
-        with perception.timed("read_audio", timings):
-            samples, rate = read_audio_file(args.audio, config.limits)
         with perception.timed("speech", timings):
             speech = perception.encode_speech(samples, rate)
         out["speech"] = {"file": args.audio, **_with_embedding(speech.to_json(), speech.embedding, args.embeddings)}
