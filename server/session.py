@@ -469,9 +469,10 @@ class Session:
         return [f for f in self.frames if f.received >= horizon]
 
     async def on_response_create(self, ev: dict[str, Any], eid: str | None) -> None:
-        if self.response is not None:
+        if self.response is not None or self._turn_lock.locked():
+            active = self.response.id if self.response is not None else "for the previous turn"
             raise ProtocolError("conversation_already_has_active_response",
-                                f"response {self.response.id} is still active; cancel it or wait for response.done",
+                                f"response {active} is still active; cancel it or wait for response.done",
                                 event_id=eid)
         resp = P.get_field(ev, "response", dict, path="response", event_id=eid) or {}
         metadata = P.get_field(resp, "metadata", dict, path="response.metadata", event_id=eid)
