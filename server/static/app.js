@@ -206,7 +206,9 @@ function showTokenForm(title) {
 function markStreamingLost() {
   for (const t of state.turns) {
     if (t.replyEl && t.replyEl.classList.contains("streaming")) chat.finishReply(t, "incomplete", "Connection lost before the reply finished.");
+    if (t.userEl && t.userEl.classList.contains("pending")) chat.setTranscript(t, "(connection lost before this was heard)");
   }
+  $("listening").hidden = true;
   state.active = null;
   state.queuedCreate = false;
   speaker.cancel();
@@ -406,7 +408,7 @@ function handleEvent(ev) {
 function onPerception(ev) {
   const vision = readVision(ev);
   if (vision.faces !== null) state.faces = vision.faces;
-  renderCameraBadge(vision);
+  if (vision.faces !== null || vision.labels.length) renderCameraBadge(vision);
   if (config.kiosk && camera.running) presence.observe(vision.faces);
   if (ev.source === "turn") {
     const t = turnFor(ev);
