@@ -41,6 +41,7 @@ const state = {
   hadSession: false,
   quietReconnect: false,
   seen: {},
+  preroll: [], // kiosk: audio heard while nobody was in view (base64 chunks)
   faces: null, // the server's latest face count
   autoStarted: false,
 };
@@ -490,6 +491,7 @@ function onError(e) {
 // ---- sending ----------------------------------------------------------------------------
 
 let itemSeq = 0;
+const PREROLL_CHUNKS = Math.round(1000 / config.chunkMs);
 
 function sendText(text) {
   if (!conn.isOpen) {
@@ -525,8 +527,14 @@ function sendAudio(b64) {
   if (state.mode === "ptt" && !state.pttHeld) return;
   if (config.kiosk) {
     // A kiosk listens only while someone stands at it (not to the shop behind), and not to itself.
-    if (camera.running && !presence.present) return;
+    if (camera.running && !presence.present) {
+      // Keep the last second: a visitor may start talking just before the camera reports them.
+      state.preroll.push(b64);
+      if (state.preroll.length > PREROLL_CHUNKS) state.preroll.shift();
+      return;
+    }
     if (speaker.pending > 0 && params.get("echo_guard") !== "0") return;
+    for (const chunk of state.preroll.splice(0)) conn.send({ type: "input_audio_buffer.append", audio: chunk });
   }
   conn.send({ type: "input_audio_buffer.append", audio: b64 });
 }

@@ -88,10 +88,17 @@ export class Speaker {
     u.lang = document.documentElement.lang || "en";
     this.pending += 1;
     this.onSpeaking(true);
+    let finished = false;
     const done = () => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(guard);
       this.pending = Math.max(0, this.pending - 1);
       if (!this.pending) this.onSpeaking(false);
     };
+    // Some systems have no voice and never fire end or error: do not stay "speaking" forever
+    // (a kiosk stops listening while it speaks). About 2.5 words a second, plus slack.
+    const guard = setTimeout(done, 3000 + text.split(/\s+/).length * 600);
     u.onend = done;
     u.onerror = done;
     window.speechSynthesis.speak(u);
