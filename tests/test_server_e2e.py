@@ -562,3 +562,56 @@ def test_twenty_sessions_complete_while_one_floods(short_reply_server: Any) -> N
 
     run(main())
     assert pcm16(np.zeros(2, np.float32)) == b"\x00" * 4
+
+
+def test_disconnect_cancels_the_turn(mm_server: Any) -> None:
+    """A client that disconnects mid-reply: its session is dropped and the agent stores the turn as cancelled."""
+    async def main() -> str:
+        c = RealtimeClient(mm_server.ws_url, reconnect=False)
+        await c.connect()
+        await c.send_text("Please describe all the products you sell, one by one.")
+        await collect_until(c, "response.output_text.delta")
+        sid = c.session_id
+        assert sid is not None
+        await c.close()
+        return sid
+
+    sid = run(main())
+    store = mm_server.server.engine.agent.store
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        turns = store.load_turns(sid)
+        if sid not in mm_server.server.sessions and turns:
+            break
+        time.sleep(0.1)
+    assert sid not in mm_server.server.sessions
+    assert [t.status for t in store.load_turns(sid)] == ["cancelled"]
+
+
+def test_serve_cli_prints_url_and_masks_secrets(tmp_path: Any) -> None:
+    """`mmagent serve` prints its config with the token masked and the URL to open; remote binds need a token."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--lazy", "--token", "s3cret-token"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "mmagent is ready" in line:
+                break
+        out = "".join(lines)
+        assert "s3cret-token" not in out and '"***"' in out
+        url = out.split("open ", 1)[1].split("?", 1)[0].strip()
+        assert json.loads(urllib.request.urlopen(url + "healthz", timeout=10).read())["models_loaded"] is False
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    refused = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--host", "0.0.0.0", "--lazy"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                             env={**__import__("os").environ, "MMAGENT_TOKENS": ""})
+    assert refused.returncode == 1 and "invalid_config" in refused.stderr and "token" in refused.stderr
