@@ -615,3 +615,33 @@ def test_serve_cli_prints_url_and_masks_secrets(tmp_path: Any) -> None:
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
                              env={**__import__("os").environ, "MMAGENT_TOKENS": ""})
     assert refused.returncode == 1 and "invalid_config" in refused.stderr and "token" in refused.stderr
+
+
+def test_event_loop_stays_responsive_while_a_reply_generates(mm_server: Any) -> None:
+    """While one session's LLM generates, another session's round trips stay fast (model calls are off the loop)."""
+    async def main() -> None:
+        async with RealtimeClient(mm_server.ws_url) as a, RealtimeClient(mm_server.ws_url) as b:
+            await a.send_text("Can you explain how returns and refunds work here, step by step?")
+            await collect_until(a, "response.created")
+            rtts = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                await b.update_session(vision={"presence_updates": True})
+                await collect_until(b, "session.updated", timeout=10)
+                rtts.append(time.perf_counter() - t0)
+                await asyncio.sleep(0.1)
+            done = (await collect_until(a, "response.done"))[-1]
+            assert done["response"]["status"] == "completed"
+            assert max(rtts) < 1.0, rtts
+
+    run(main())
+
+
+def test_metrics_after_turns(mm_server: Any) -> None:
+    """After the turns above, /metrics counts completed turns, errors by code and per-stage latencies."""
+    text = urllib.request.urlopen(mm_server.url + "metrics", timeout=10).read().decode()
+    assert 'mmagent_turns_total{status="completed"}' in text
+    assert 'mmagent_errors_total{code="invalid_json"}' in text
+    for stage in ("vad", "speech", "text", "frames", "first_delta", "turn"):
+        assert f'mmagent_stage_seconds_count{{stage="{stage}"}}' in text, stage
+    assert 'mmagent_batch_size_count{model="text"}' in text
