@@ -638,10 +638,18 @@ def test_event_loop_stays_responsive_while_a_reply_generates(mm_server: Any) -> 
 
 
 def test_metrics_after_turns(mm_server: Any) -> None:
-    """After the turns above, /metrics counts completed turns, errors by code and per-stage latencies."""
+    """After a turn, an audio chunk and a bad event, /metrics counts turns, errors by code and stage latencies."""
+    async def main() -> None:
+        async with RealtimeClient(mm_server.ws_url) as c:
+            await c.append_audio(np.zeros(4800, np.int16))
+            await c.send({"type": "bogus.event"})
+            await c.send_text("Hello!")
+            await collect_until(c, "response.done")
+
+    run(main())
     text = urllib.request.urlopen(mm_server.url + "metrics", timeout=10).read().decode()
     assert 'mmagent_turns_total{status="completed"}' in text
-    assert 'mmagent_errors_total{code="invalid_json"}' in text
-    for stage in ("vad", "speech", "text", "frames", "first_delta", "turn"):
+    assert 'mmagent_errors_total{code="unknown_event_type"}' in text
+    for stage in ("vad", "text", "frames", "first_delta", "turn"):
         assert f'mmagent_stage_seconds_count{{stage="{stage}"}}' in text, stage
     assert 'mmagent_batch_size_count{model="text"}' in text
