@@ -107,7 +107,7 @@ export class Connection {
       // A browser cannot see why a handshake failed (it reports 1006). If plain HTTP answers,
       // the server is up and refused the upgrade itself (the Origin check answers 403).
       const up = await this.probe();
-      if (this.state === "closed") return;
+      if (this.state === "closed" || this.ws !== null) return; // closed, or a retry already began
       this.scheduleRetry({ unreachable: !up, handshakeRefused: !!up, code: ce.code });
       return;
     }
