@@ -209,6 +209,9 @@ class Server:
             await session.run()
         except asyncio.CancelledError:
             raise
+        except MMAgentError as exc:   # e.g. the models failed to load: say so, without a traceback
+            log.error("session %s: %s [%s]", session.id if session is not None else "-", exc, exc.code)
+            await self._refuse(ws, exc.code, str(exc), P.CLOSE_INTERNAL)
         except Exception:
             sid = session.id if session is not None else "-"
             log.exception("session %s: handler failed; closing it with 1011", sid)
