@@ -127,6 +127,8 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def pw() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is required for the browser tests (scripts/setup.sh installs it)")
     with playwright_sync.sync_playwright() as p:
         yield p
 
