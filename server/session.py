@@ -629,7 +629,8 @@ class Session:
                    "content": [{"type": "output_text", "text": text}]}]
         body = _response_json(r, status, details, output)
         body["turn"] = ({"turn_id": done_ev.turn_id, "intent": done_ev.intent, "emotion": done_ev.emotion,
-                         "actions": done_ev.actions, "route": done_ev.route} if done_ev is not None else None)
+                         "actions": done_ev.actions, "route": done_ev.route, "timings_ms": done_ev.timings}
+                        if done_ev is not None else None)
         body["timings_ms"] = timings
         self.server.metrics.turns.inc(status=status)
         await self.send(P.event("response.done", response=body))
