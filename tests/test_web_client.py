@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import REPO_ROOT, start_server, synth_speech
 
 pytestmark = pytest.mark.browser
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
-expect = playwright_sync.expect
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKEN = "web-test-token"
@@ -129,7 +128,7 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def pw() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is required for the browser tests (scripts/setup.sh installs it)")
-    with playwright_sync.sync_playwright() as p:
+    with sync_playwright() as p:
         yield p
 
 
