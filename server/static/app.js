@@ -236,6 +236,9 @@ function sessionUpdate() {
 
 function applySession(session) {
   state.session = session;
+  const pack = session && session.pack && session.pack.name;
+  $("pack-name").hidden = !pack;
+  $("pack-name").textContent = pack ? String(pack).replace(/_/g, " ") : "";
   const fmt = session && session.audio && session.audio.input && session.audio.input.format;
   const rate = (fmt && fmt.rate) || 24000;
   if (rate !== state.rate) {
