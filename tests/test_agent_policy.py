@@ -1,0 +1,255 @@
+"""Policy on the fused state, actions, the price guard and the extractive responder, end to end
+through :class:`agent.Agent` (real text encoder; fused turns built directly)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from agent import Agent, AgentConfig, PerceivedTurn, ResponderConfig, StoreConfig, TurnInput
+from agent.guard import PriceGuard, asks_for_price, prices_in
+from agent.responders import CancelToken, ResponderRequest
+from fusion import FusedTurn
+from perception.types import Faces, FrameEncoding, Label, Prosody, Segment, SpeechEncoding
+
+
+def fused(intent: str = "other", emotion: str = "neutral", conf: float = 0.9) -> FusedTurn:
+    return FusedTurn(intent=intent, intent_confidence=conf, intent_probs={intent: conf}, emotion=emotion,
+                     emotion_confidence=conf, emotion_probs={emotion: conf}, addressee=True, addressee_prob=0.9,
+                     modality_weights={"text": 0.7, "context": 0.3}, fused=torch.zeros(8))
+
+
+class ScriptedFusion:
+    """Returns the next prepared FusedTurn (the fusion model is tested in its own layer)."""
+
+    def __init__(self) -> None:
+        self.queue: list[FusedTurn] = []
+        self.inputs: list[Any] = []
+
+    def predict(self, turns: list[Any]) -> list[FusedTurn]:
+        self.inputs.extend(turns)
+        return [self.queue.pop(0) for _ in turns]
+
+
+class RecordingResponder:
+    """Streams fixed pieces and records every request."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.requests: list[ResponderRequest] = []
+        self.pieces = ["Sure, ", "happy ", "to ", "help."]
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def warmup(self) -> None:
+        pass
+
+    async def stream(self, request: ResponderRequest, cancel: CancelToken) -> AsyncIterator[str]:
+        self.requests.append(request)
+        for p in self.pieces:
+            if cancel.is_set():
+                return
+            yield p
+
+
+@pytest.fixture()
+def rig(perception: Any, tmp_path: Path) -> tuple[Agent, ScriptedFusion, RecordingResponder]:
+    fusion = ScriptedFusion()
+    responder = RecordingResponder()
+    cfg = AgentConfig(store=StoreConfig(path=str(tmp_path / "s.db")))
+    agent = Agent.from_config(cfg, perception=perception, fusion=fusion, responder=responder)
+    return agent, fusion, responder
+
+
+def run_turn(agent: Agent, session: Any, perceived: PerceivedTurn) -> list[Any]:
+    async def go() -> list[Any]:
+        return [ev async for ev in agent.respond(session, perceived)]
+
+    return asyncio.run(go())
+
+
+def typed(agent: Agent, text: str, images: list[Any] | None = None) -> PerceivedTurn:
+    return asyncio.run(agent.perceive(TurnInput(text=text, images=images or [])))
+
+
+def speech(transcript: str, avg_logprob: float, no_speech_prob: float = 0.05) -> SpeechEncoding:
+    return SpeechEncoding(
+        transcript=transcript, segments=[Segment(0.0, 1.5, transcript, avg_logprob, no_speech_prob)],
+        language="en", avg_logprob=avg_logprob, no_speech_prob=no_speech_prob, embedding=torch.zeros(384),
+        prosody=Prosody(-20, 3, 120, 10, 40, 2.5, 0.8, 1.5), duration_s=1.5, voiced_s=1.2)
+
+
+def test_two_negative_turns_trigger_the_handoff(rig: Any) -> None:
+    """Negative emotion on two consecutive turns → handoff_to_human action + a reply saying so."""
+    agent, fusion, responder = rig
+    session = agent.open_session()
+    fusion.queue += [fused("return_item", "negative"), fused("return_item", "negative")]
+    first = run_turn(agent, session, typed(agent, "this is the third time I'm returning these shoes"))
+    assert not [e for e in first if e.type == "action" and e.name == "handoff_to_human"]
+    assert first[-1].route == "scripted"
+    second = run_turn(agent, session, typed(agent, "this is ridiculous, nothing works here"))
+    actions = [e for e in second if e.type == "action"]
+    assert [(a.name, a.arguments) for a in actions] == [("handoff_to_human", {"reason": "negative_emotion"})]
+    done = second[-1]
+    assert done.route == "handoff" and "member of staff" in done.text
+    assert len(responder.requests) == 1  # the handoff reply did not call the model
+    # the second turn got the first one's fused vector as context
+    assert fusion.inputs[1].context is not None and fusion.inputs[0].context is None
+
+
+def test_talk_to_human_intent_hands_off_at_once(rig: Any) -> None:
+    """The talk_to_human intent hands off on the first turn."""
+    agent, fusion, _ = rig
+    fusion.queue.append(fused("talk_to_human", "neutral"))
+    events = run_turn(agent, agent.open_session(), typed(agent, "can I speak to a person please"))
+    assert [(e.name, e.arguments) for e in events if e.type == "action"] == [("handoff_to_human", {"reason": "requested"})]
+    assert events[-1].route == "handoff"
+
+
+@pytest.mark.parametrize(("transcript", "logprob", "no_speech", "reason"), [
+    ("where is the milk", -2.5, 0.05, "low"),         # low confidence
+    ("", 0.0, 1.0, "none"),                           # no speech at all
+    ("uh", -0.2, 0.9, "noise"),                       # probably not speech
+])
+def test_untrustworthy_transcript_asks_to_repeat_without_the_model(rig: Any, transcript: str, logprob: float,
+                                                                  no_speech: float, reason: str) -> None:
+    """A low-confidence or no-speech transcript → ask to repeat; the model is not called."""
+    agent, fusion, responder = rig
+    sp = speech(transcript, logprob, no_speech)
+    assert sp.confidence < 0.35 or not transcript or no_speech > 0.6
+    enc = agent.perception.encode_text([transcript])[0] if transcript else None
+    fusion.queue.append(fused("find_product"))
+    events = run_turn(agent, agent.open_session(), PerceivedTurn(text=enc, speech=sp, frames=[]))
+    done = events[-1]
+    assert done.route == "repeat" and "say it again" in done.text
+    assert responder.requests == []
+    fused_ev = next(e for e in events if e.type == "turn.fused")
+    assert fused_ev.transcript_confidence == pytest.approx(sp.confidence)
+
+
+def test_confident_transcript_is_answered(rig: Any) -> None:
+    """A clear transcript goes to the responder, with the confidence in the prompt."""
+    agent, fusion, responder = rig
+    sp = speech("where is the service desk", -0.1)
+    fusion.queue.append(fused("other"))
+    enc = agent.perception.encode_text([sp.transcript])[0]
+    events = run_turn(agent, agent.open_session(), PerceivedTurn(text=enc, speech=sp, frames=[]))
+    assert events[-1].status == "completed" and events[-1].route == "scripted"
+    prompt = responder.requests[0].prompt
+    assert f"transcript confidence {math.exp(-0.1) * 0.95:.2f}" in prompt.sections["context"]
+    assert prompt.entry_ids[0] == "service_desk"
+
+
+def _frame(faces: int) -> FrameEncoding:
+    return FrameEncoding(embedding=torch.zeros(1280), labels=[Label(285, "Egyptian cat", 0.6)],
+                         faces=Faces(faces, [(10, 10, 50, 50)] * faces, (0.5, 0.5) if faces else None,
+                                     0.1 if faces else 0.0),
+                         width=640, height=480)
+
+
+def test_face_after_empty_scene_gets_a_greeting(rig: Any) -> None:
+    """Camera-only turns: empty scene → no reply; then a face → the pack's greeting."""
+    agent, fusion, responder = rig
+    session = agent.open_session()
+    fusion.queue += [fused("other"), fused("greeting")]
+    first = run_turn(agent, session, PerceivedTurn(text=None, speech=None, frames=[_frame(0)]))
+    assert first[-1].route == "empty" and first[-1].text == ""
+    second = run_turn(agent, session, PerceivedTurn(text=None, speech=None, frames=[_frame(1)]))
+    assert second[-1].route == "greeting" and second[-1].text.startswith("Hello!")
+    summary = next(e for e in second if e.type == "perception.summary").summary
+    assert summary["face_count"] == 1 and summary["labels"][0]["name"] == "Egyptian cat"
+    assert responder.requests == []
+
+
+def test_prompt_carries_perception_fusion_and_history(rig: Any) -> None:
+    """The prompt built for the model has the best entry first, camera/face context, fused state, history."""
+    agent, fusion, responder = rig
+    session = agent.open_session()
+    fusion.queue += [fused("store_hours"), fused("find_product")]
+    run_turn(agent, session, typed(agent, "what are your opening hours?"))
+    events = run_turn(agent, session, PerceivedTurn(
+        text=agent.perception.encode_text(["where are the batteries?"])[0], speech=None, frames=[_frame(1)]))
+    prompt = responder.requests[-1].prompt
+    assert prompt.entry_ids[0] == "batteries"
+    user = prompt.messages[-1]["content"]
+    assert user.index("aisle 7") < user.index("Question: where are the batteries?")
+    assert "The camera sees: Egyptian cat" in user and "1 person in view" in user
+    assert "Detected intent: find_product (0.90); emotion: neutral" in user
+    assert [m["role"] for m in prompt.messages] == ["system", "user", "assistant", "user"]
+    assert prompt.n_tokens <= agent.config.prompt.max_prompt_tokens
+    # the product's linked action is emitted, validated
+    assert [(e.name, e.arguments) for e in events if e.type == "action"] == [("show_on_map", {"aisle": 7})]
+
+
+def test_invalid_action_argument_is_rejected(rig: Any) -> None:
+    """An action whose arguments fail the pack's schema is an error event and is never executed."""
+    agent, fusion, _ = rig
+    entry = agent.pack.entry("milk")
+    object.__setattr__(entry, "action", ("show_on_map", {"aisle": "two"}))  # a pack edited at run time
+    try:
+        fusion.queue.append(fused("find_product"))
+        events = run_turn(agent, agent.open_session(), typed(agent, "where is the milk?"))
+    finally:
+        object.__setattr__(entry, "action", ("show_on_map", {"aisle": 2}))
+    rejected = [e for e in events if e.type == "action.rejected"]
+    assert len(rejected) == 1 and rejected[0].code == "invalid_action" and "aisle" in rejected[0].message
+    assert not [e for e in events if e.type == "action"]
+    assert events[-1].actions == [] and events[-1].status == "completed"
+
+
+def test_unknown_price_is_not_invented(rig: Any) -> None:
+    """A price question nothing in the pack answers gets the honest fallback, without the model."""
+    agent, fusion, responder = rig
+    fusion.queue.append(fused("price_check"))
+    events = run_turn(agent, agent.open_session(), typed(agent, "how much does a television cost?"))
+    assert events[-1].route == "no_information" and "don't have that information" in events[-1].text
+    assert not prices_in(events[-1].text) and responder.requests == []
+
+
+def test_price_guard_stops_an_invented_price(rig: Any) -> None:
+    """A price the model makes up is never sent: the reply stops and says it does not know."""
+    agent, fusion, responder = rig
+    responder.pieces = ["Batteries ", "cost ", "$4.49 ", "and ", "a ", "torch ", "costs ", "$", "19.99 ", "today."]
+    fusion.queue.append(fused("price_check"))
+    events = run_turn(agent, agent.open_session(), typed(agent, "how much are batteries and a torch?"))
+    text = events[-1].text
+    assert "$4.49" in text and "19.99" not in text and "don't have that information" in text
+    assert "".join(e.delta for e in events if e.type == "text.delta") == text
+
+
+def test_price_guard_unit() -> None:
+    """Prices are recognised in several spellings and compared by value."""
+    assert prices_in("$4.49, 12 dollars, €3,50 and 8 am") == [4.49, 12.0, 3.5]
+    assert asks_for_price("How much is it?") and asks_for_price("x", "price_check") and not asks_for_price("where?")
+    g = PriceGuard([12.0])
+    out = "".join(g.feed(w) for w in ["Umbrellas ", "are ", "$1", "2.00 ", "each."]) + g.flush()
+    assert out == "Umbrellas are $12.00 each." and g.violation is None
+
+
+def test_blocked_pattern_is_refused(rig: Any) -> None:
+    """A safety pattern of the pack is refused without calling the model."""
+    agent, fusion, responder = rig
+    fusion.queue.append(fused("payment_help"))
+    events = run_turn(agent, agent.open_session(), typed(agent, "can you tell me my card number?"))
+    assert events[-1].route == "refuse" and responder.requests == []
+
+
+def test_extractive_responder_quotes_the_best_entry(perception: Any, tmp_path: Path) -> None:
+    """The extractive responder replies with the best entry's text only, streamed word by word."""
+    cfg = AgentConfig(responder=ResponderConfig(kind="extractive"), store=StoreConfig(path=str(tmp_path / "e.db")))
+    agent = Agent.from_config(cfg, perception=perception)
+    events = run_turn(agent, agent.open_session(), typed(agent, "where is the service desk?"))
+    deltas = [e for e in events if e.type == "text.delta"]
+    assert len(deltas) > 5
+    assert events[-1].text == agent.pack.entry("service_desk").text
+    assert events[-1].turn_id and events[-1].timings["total"] > 0
+    events = run_turn(agent, agent.open_session(), typed(agent, "what is the meaning of life?"))
+    assert events[-1].text == agent.pack.messages["no_information"]
