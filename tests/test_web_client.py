@@ -157,6 +157,18 @@ def close_browser(ctx: Any) -> None:
     shutil.rmtree(ctx._mmagent_profile, ignore_errors=True)
 
 
+def new_page(ctx: Any) -> Any:
+    """A tab that records uncaught JavaScript errors (checked by no_page_errors)."""
+    page = ctx.new_page()
+    page._mmagent_errors = []
+    page.on("pageerror", lambda exc: page._mmagent_errors.append(str(exc)))
+    return page
+
+
+def no_page_errors(page: Any) -> None:
+    assert not page._mmagent_errors, f"uncaught errors in the page: {page._mmagent_errors}"
+
+
 def seen(page: Any, event_type: str) -> int:
     """How many server events of this type the page has received."""
     return int(page.evaluate(f"window.mmagent.state.seen[{event_type!r}] || 0"))
@@ -173,7 +185,7 @@ def test_spoken_turn_with_camera(pw: Any, web_server: Any, media: dict[str, Path
     """Speech + camera: transcript line, streamed reply, non-zero vision weight, camera labels."""
     ctx = open_browser(pw, audio=media["speech"], video=media["face"])
     try:
-        page = ctx.new_page()
+        page = new_page(ctx)
         page.goto(f"{web_server.url}?token={TOKEN}")
         connected(page)
         page.get_by_role("button", name="Turn camera on").click()
@@ -202,6 +214,7 @@ def test_spoken_turn_with_camera(pw: Any, web_server: Any, media: dict[str, Path
         shot = artifacts_dir / "web_turn.png"
         page.screenshot(path=str(shot))
         shutil.copyfile(shot, REPO_ROOT / "docs" / "screenshot.png")
+        no_page_errors(page)
     finally:
         close_browser(ctx)
 
@@ -210,7 +223,7 @@ def test_typed_turn_and_stop(pw: Any, web_server: Any, media: dict[str, Path]) -
     """A typed question gets a streamed reply and a Why panel; Stop cancels the next reply."""
     ctx = open_browser(pw, audio=media["silence"])
     try:
-        page = ctx.new_page()
+        page = new_page(ctx)
         page.goto(f"{web_server.url}?token={TOKEN}")
         connected(page)
         # Keyboard only: the first Tab reaches the skip link, which lands in the message box.
@@ -237,6 +250,7 @@ def test_typed_turn_and_stop(pw: Any, web_server: Any, media: dict[str, Path]) -
         expect(second).to_have_attribute("data-status", "cancelled", timeout=30_000)
         expect(second.locator(".status-note")).to_have_text("Stopped")
         expect(page.locator("#stop")).to_be_hidden()
+        no_page_errors(page)
     finally:
         close_browser(ctx)
 
@@ -245,7 +259,7 @@ def test_barge_in_and_push_to_talk(pw: Any, web_server: Any, media: dict[str, Pa
     """Speaking while a reply streams interrupts it (hands-free); push-to-talk sends a held turn."""
     ctx = open_browser(pw, audio=media["speech"])
     try:
-        page = ctx.new_page()
+        page = new_page(ctx)
         page.goto(f"{web_server.url}?token={TOKEN}")
         connected(page)
         box = page.get_by_label("Message")
@@ -276,6 +290,7 @@ def test_barge_in_and_push_to_talk(pw: Any, web_server: Any, media: dict[str, Pa
             re.compile(r"return|shoes", re.I), timeout=60_000)
         expect(page.locator(".msg.bot").nth(2)).to_have_attribute("data-status", "completed", timeout=90_000)
         assert seen(page, "input_audio_buffer.speech_started") == 1, "push-to-talk must not use server VAD"
+        no_page_errors(page)
     finally:
         close_browser(ctx)
 
@@ -285,7 +300,7 @@ def test_kiosk_attract_screen_and_arrival(pw: Any, web_server: Any,
     """Kiosk: attract screen while the camera shows nobody; it leaves with a greeting when a face appears."""
     ctx = open_browser(pw, audio=media["silence"], video=media["blank_then_face"])
     try:
-        page = ctx.new_page()
+        page = new_page(ctx)
         page.goto(f"{web_server.url}?kiosk=1&speak=0&token={TOKEN}")
         expect(page.locator("body")).to_have_class(re.compile(r"\bkiosk\b"))
         # The server reports the blank camera: nobody present, the attract screen stays.
@@ -296,6 +311,7 @@ def test_kiosk_attract_screen_and_arrival(pw: Any, web_server: Any,
         expect(page.locator("#attract")).to_be_hidden(timeout=10_000)
         expect(page.locator("#greeting")).to_be_visible()
         expect(page.locator("#greeting")).to_contain_text("help")
+        no_page_errors(page)
     finally:
         close_browser(ctx)
 
@@ -304,7 +320,7 @@ def test_refused_token_and_plain_errors(pw: Any, web_server: Any, media: dict[st
     """A wrong token shows the refusal and a token field; a denied microphone and a limit show plainly."""
     ctx = open_browser(pw, audio=media["silence"], fake_ui=False)  # no auto-allow: permission denied
     try:
-        page = ctx.new_page()
+        page = new_page(ctx)
         page.goto(f"{web_server.url}?token=wrong-token")
         expect(page.locator("#conn")).to_have_attribute("data-state", "refused")
         expect(page.locator("#errors")).to_contain_text("Token refused")
@@ -327,6 +343,7 @@ def test_refused_token_and_plain_errors(pw: Any, web_server: Any, media: dict[st
                 window.mmagent.conn.sendBinary({type: 'input_image_buffer.append'}, buf);
         }""")
         expect(page.locator("#errors")).to_contain_text("Limit exceeded")
+        no_page_errors(page)
     finally:
         close_browser(ctx)
 
@@ -337,7 +354,7 @@ def test_reconnects_and_resumes_when_server_returns(pw: Any, media: dict[str, Pa
     port = int(srv.url.rstrip("/").rsplit(":", 1)[1])
     ctx = open_browser(pw, audio=media["silence"])
     try:
-        page = ctx.new_page()
+        page = new_page(ctx)
         page.goto(f"{srv.url}?token={TOKEN}")
         connected(page)
         box = page.get_by_label("Message")
@@ -358,6 +375,7 @@ def test_reconnects_and_resumes_when_server_returns(pw: Any, media: dict[str, Pa
         expect(page.locator("#log")).to_contain_text("Reconnected — conversation resumed.")
         assert page.evaluate("window.mmagent.conn.sessionId") == session_id
         expect(page.locator("#errors")).not_to_contain_text("Can't reach the server")
+        no_page_errors(page)
     finally:
         close_browser(ctx)
         srv.stop()
@@ -371,7 +389,7 @@ def test_audio_worklet_pcm16_chunks(pw: Any, target_rate: int) -> None:
     """The AudioWorklet turns a 48 kHz 440 Hz tone into 20 ms PCM16 chunks at the session rate."""
     ctx = open_browser(pw)
     try:
-        page = ctx.new_page()
+        page = new_page(ctx)
         # A localhost page is a secure context (AudioWorklet needs one); routing serves it. Worklet
         # module fetches bypass routing, so the module's source goes in as a Blob URL.
         page.route("http://127.0.0.1:9/", lambda route: route.fulfill(body="<!doctype html><title>t</title>",
@@ -409,5 +427,6 @@ def test_audio_worklet_pcm16_chunks(pw: Any, target_rate: int) -> None:
         freq = out["crossings"] / 2 / seconds
         assert abs(freq - 440) < 10, freq                         # pitch survives resampling
         assert 0.4 * 32767 < out["peak"] < 0.55 * 32767, out["peak"]  # amplitude too (gain 0.5)
+        no_page_errors(page)
     finally:
         close_browser(ctx)
