@@ -384,9 +384,10 @@ def test_reconnects_and_resumes_when_server_returns(pw: Any, media: dict[str, Pa
 STATIC_DIR = REPO_ROOT / "server" / "static"
 
 
-@pytest.mark.parametrize("target_rate", [16000, 24000, 48000])
-def test_audio_worklet_pcm16_chunks(pw: Any, target_rate: int) -> None:
-    """The AudioWorklet turns a 48 kHz 440 Hz tone into 20 ms PCM16 chunks at the session rate."""
+@pytest.mark.parametrize(("context_rate", "target_rate"),
+                         [(48000, 16000), (48000, 24000), (48000, 48000), (44100, 24000), (16000, 24000)])
+def test_audio_worklet_pcm16_chunks(pw: Any, context_rate: int, target_rate: int) -> None:
+    """The AudioWorklet turns a 440 Hz tone at the device rate into 20 ms PCM16 chunks at the session rate."""
     ctx = open_browser(pw)
     try:
         page = new_page(ctx)
@@ -396,9 +397,9 @@ def test_audio_worklet_pcm16_chunks(pw: Any, target_rate: int) -> None:
                                                                      content_type="text/html"))
         page.goto("http://127.0.0.1:9/")
         source = (STATIC_DIR / "pcm-worklet.js").read_text()
-        out = page.evaluate("""async ([rate, source]) => {
+        out = page.evaluate("""async ([inRate, rate, source]) => {
             const url = URL.createObjectURL(new Blob([source], {type: 'text/javascript'}));
-            const ctx = new OfflineAudioContext({numberOfChannels: 1, length: 48000, sampleRate: 48000});
+            const ctx = new OfflineAudioContext({numberOfChannels: 1, length: inRate, sampleRate: inRate});
             await ctx.audioWorklet.addModule(url);
             const node = new AudioWorkletNode(ctx, 'pcm-encoder', {numberOfInputs: 1, numberOfOutputs: 0,
                 processorOptions: {targetRate: rate, chunkMs: 20}});
@@ -419,7 +420,7 @@ def test_audio_worklet_pcm16_chunks(pw: Any, target_rate: int) -> None:
                 peak = Math.max(peak, Math.abs(all[i]));
             }
             return {lens, total: all.length, crossings, peak};
-        }""", [target_rate, source])
+        }""", [context_rate, target_rate, source])
         chunk = target_rate * 20 // 1000
         assert out["lens"] and all(n == chunk for n in out["lens"]), out["lens"][:5]
         seconds = out["total"] / target_rate
