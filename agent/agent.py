@@ -42,7 +42,7 @@ from .events import (
     TurnDoneEvent,
     TurnFusedEvent,
 )
-from .guard import PriceGuard, asks_for_price, prices_in
+from .guard import NumberGuard, asks_for_price, numbers_in, prices_in
 from .pack import KnowledgePack, load_pack
 from .policy import Decision, Policy
 from .prompt import Prompt, build_prompt
@@ -416,9 +416,9 @@ class Agent:
             if fused is None or not e.intents or fused.intent in e.intents:
                 yield self._action(record, e.action[0], dict(e.action[1]), actions_done)  # type: ignore[index]
 
-        allowed = [p for h in hits for p in prices_in(h.entry.text)] + \
-                  [h.entry.price for h in hits if h.entry.price is not None]
-        if self.config.policy.guard_prices and asks_for_price(question, intent) and not allowed:
+        prices = [p for h in hits for p in prices_in(h.entry.text)] + \
+            [h.entry.price for h in hits if h.entry.price is not None]
+        if self.config.policy.guard_prices and asks_for_price(question, intent) and not prices:
             # Asked for a price that no relevant entry has: say so without asking the model.
             record.route = "no_information"
             for piece in re.findall(r"\S+\s*", self.pack.messages["no_information"]):
@@ -429,6 +429,7 @@ class Agent:
                 text_parts.append(piece)
                 yield TextDeltaEvent(piece)
             return
+        allowed = prices + [n for h in hits for n in numbers_in(h.entry.text)] + numbers_in(question)
 
         t0 = time.perf_counter()
         prompt = await asyncio.to_thread(self.prompt_for, session, question, hits, record.perception, fused)
@@ -436,7 +437,7 @@ class Agent:
         timings["prompt_tokens"] = float(prompt.n_tokens)
         record.route = self.responder.name
         request = ResponderRequest(prompt=prompt, question=question, hits=hits, pack=self.pack)
-        guard = PriceGuard(allowed) if self.config.policy.guard_prices else None
+        guard = NumberGuard(allowed) if self.config.policy.guard_prices else None
         # The responder has its own token: the guard stops the model without cancelling the turn.
         rtoken = CancelToken()
         token.add_callback(rtoken.set)
@@ -450,6 +451,16 @@ class Agent:
             text_parts.append(s)
             return TextDeltaEvent(s)
 
+        def correction(g: NumberGuard) -> str:
+            # An invented price: we do not know it. Any other invented number: quote the entry.
+            record.guard = f"unsupported_number:{g.violation}"
+            if g.violation_is_price or not hits:
+                fix = self.pack.messages["no_information"]
+            else:
+                fix = "To be exact: " + hits[0].entry.text
+            sep = "" if not text_parts or text_parts[-1].endswith((" ", "\n")) else " "
+            return (sep + "— " + fix) if text_parts else fix
+
         stream = self.responder.stream(request, rtoken)
         try:
             async for chunk in stream:
@@ -458,15 +469,12 @@ class Agent:
                 if isinstance(chunk, ToolCall):
                     yield self._action(record, chunk.name, chunk.arguments, actions_done, chunk.call_id)
                     continue
-                out = guard.feed(chunk) if guard else chunk
-                ev = emit_text(out)
+                ev = emit_text(guard.feed(chunk) if guard else chunk)
                 if ev:
                     yield ev
                 if guard and guard.violation:
-                    rtoken.set()
-                    record.guard = f"unsupported_price:{guard.violation}"
-                    ev = emit_text((" " if text_parts and not text_parts[-1].endswith(" ") else "")
-                                   + self.pack.messages["no_information"])
+                    rtoken.set()  # stop the model: nothing after an invented number is used
+                    ev = emit_text(correction(guard))
                     if ev:
                         yield ev
                     break
@@ -476,8 +484,7 @@ class Agent:
                     if ev:
                         yield ev
                     if guard.violation:
-                        record.guard = f"unsupported_price:{guard.violation}"
-                        ev = emit_text(" " + self.pack.messages["no_information"])
+                        ev = emit_text(correction(guard))
                         if ev:
                             yield ev
         finally:

@@ -46,7 +46,7 @@ class LocalLLMConfig:
     max_new_tokens: int = 80
     temperature: float = 0.0                # 0 = greedy
     top_p: float = 0.9
-    repetition_penalty: float = 1.1
+    repetition_penalty: float = 1.15             # on generated tokens only (not the prompt's)
     context_tokens: int = 2048              # the model's context window (prompt + reply must fit)
     threads: int | None = None              # torch CPU threads; None = leave torch's default
 
@@ -124,6 +124,7 @@ class RetrievalConfig:
     min_score: float = 0.30         # entries below this cosine are not "relevant"
     intent_boost: float = 0.10      # added to entries tagged with the fused intent
     intent_min_confidence: float = 0.5  # the fused intent is used only above this confidence
+    prompt_margin: float = 0.10     # entries scoring more than this below the best stay out of the prompt
 
     def validate(self) -> RetrievalConfig:
         if self.top_k < 1:
@@ -145,7 +146,7 @@ class PolicyConfig:
     handoff_min_confidence: float = 0.5       # talk_to_human intent counts above this confidence
     greet_on_arrival: bool = True             # a face after an empty scene → greeting
     entry_actions: bool = True                # emit the action linked to the best entry (e.g. show_on_map)
-    guard_prices: bool = True                 # a price not in the retrieved entries stops the reply
+    guard_prices: bool = True                 # numbers/prices not in the retrieved entries stop the reply
 
     def validate(self) -> PolicyConfig:
         for name in ("min_transcript_confidence", "max_no_speech_prob", "negative_min_confidence",

@@ -69,5 +69,8 @@ class Retriever:
         return [Retrieved(self.pack.entries[int(i)], float(v), float(cos[int(i)])) for v, i in zip(vals, idx, strict=True)]
 
     def relevant(self, hits: Sequence[Retrieved]) -> list[Retrieved]:
-        """The hits whose raw cosine reaches ``config.min_score``."""
-        return [h for h in hits if h.cosine >= self.config.min_score]
+        """The hits whose raw cosine reaches ``config.min_score`` and whose score is within
+        ``config.prompt_margin`` of the best (a small model copies from whatever it is shown,
+        so clearly weaker entries are left out)."""
+        good = [h for h in hits if h.cosine >= self.config.min_score]
+        return [h for h in good if h.score >= good[0].score - self.config.prompt_margin] if good else []

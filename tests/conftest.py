@@ -91,3 +91,16 @@ def mm_server() -> Iterator[object]:
     srv.stop()  # type: ignore[attr-defined]
 
 # ---- end server fixtures -------------------------------------------------------------------
+
+# ---- agent fixtures ------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def local_llm() -> Iterator[object]:
+    """The default local language model (SmolLM2-135M GGUF, converted once and cached), loaded once."""
+    from agent.responders import LocalLLM
+
+    llm = LocalLLM()
+    llm.load()
+    yield llm
+
+# ---- end agent fixtures --------------------------------------------------------------------

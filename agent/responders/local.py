@@ -204,7 +204,7 @@ class LocalLLM:
     def generate(self, messages: list[dict[str, str]], on_text: Callable[[str], None],
                  cancel: threading.Event, stats: dict[str, float] | None = None) -> str:
         """Blocking: generate a reply, calling ``on_text`` with each new piece. Returns the text."""
-        from transformers import StoppingCriteriaList, TextStreamer
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList, TextStreamer
 
         stats = stats if stats is not None else {}
         ids = self.encode_chat(messages).to(self.device)
@@ -230,10 +230,16 @@ class LocalLLM:
         streamer = _Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cfg = self.config
         gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": cfg.max_new_tokens, "repetition_penalty": cfg.repetition_penalty,
+            "max_new_tokens": cfg.max_new_tokens,
             "streamer": streamer, "stopping_criteria": StoppingCriteriaList([_CancelCriteria(cancel)]),
             "pad_token_id": self.tokenizer.pad_token_id, "attention_mask": torch.ones_like(ids),
         }
+        if cfg.repetition_penalty != 1.0:
+            # Penalise repeats of generated tokens only: copying the facts from the prompt is the
+            # point, and the stock penalty (which counts prompt tokens) pushes a small model to
+            # paraphrase them into errors.
+            gen_kwargs["logits_processor"] = LogitsProcessorList(
+                [RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty, prompt_ignore_length=int(ids.shape[1]))])
         if cfg.temperature > 0:
             gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
         else:
