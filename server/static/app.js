@@ -788,6 +788,7 @@ function wire() {
   });
 
   if (config.kiosk) {
+    document.documentElement.classList.add("kiosk");
     document.body.classList.add("kiosk");
     const fs = $("kiosk-fullscreen");
     fs.hidden = false;
