@@ -138,11 +138,12 @@ class FasterWhisperBackend:
             hallucination_silence_threshold=None, hotwords=None,
         )
         self.language = language
-        self.dim = self._probe_dim()
+        known = speech_dim(config)
+        self.dim = known if known is not None else self._probe_dim()
 
     def _probe_dim(self) -> int:
-        # One short encoder pass: the width is not in the CTranslate2 config, and this also
-        # warms up the runtime so the first real request is not the slow one.
+        # One encoder pass on a second of silence: a CTranslate2 directory does not record the
+        # encoder width, and a custom model's name may not say it.
         _, enc = self._encode(np.zeros(SAMPLE_RATE, dtype=np.float32))
         return int(enc.shape[-1])
 
