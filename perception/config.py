@@ -80,7 +80,7 @@ class PerceptionConfig:
     speech_language: str = "en"
     speech_beam_size: int = 1             # greedy decoding: fast, and accurate enough on short turns
     speech_compute_type: str = "auto"     # CTranslate2: "auto" = int8 on CPU, float16 on CUDA
-    speech_cpu_threads: int = 0           # CTranslate2 intra-op threads; 0 = its default
+    speech_cpu_threads: int = 0           # CTranslate2 intra-op threads; 0 = min(4, CPU count)
     vad_threshold: float = 0.5            # Silero speech probability above which a chunk is voiced
     vad_min_silence_ms: int = 500         # silence that splits two voiced regions
     vad_speech_pad_ms: int = 200          # padding kept around each voiced region

@@ -113,11 +113,13 @@ class FasterWhisperBackend:
         elif not Path(path).is_dir():
             raise ConfigError(f"speech_model {path!r} is not a CTranslate2 Whisper directory (nothing is "
                               f"downloaded at run time)")
+        # CTranslate2 defaults to 4 threads; on a 2-core machine that oversubscribes the cores.
+        threads = config.speech_cpu_threads or min(4, os.cpu_count() or 1)
         compute = config.speech_compute_type
         if compute == "auto":
             compute = "float16" if device.type == "cuda" else "int8"
         self.model = WhisperModel(path, device=device.type, device_index=device.index or 0,
-                                  compute_type=compute, cpu_threads=config.speech_cpu_threads, num_workers=1)
+                                  compute_type=compute, cpu_threads=threads, num_workers=1)
         language = config.speech_language if self.model.model.is_multilingual else "en"
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
                                    task="transcribe", language=language)

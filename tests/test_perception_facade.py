@@ -89,3 +89,15 @@ def test_cli_perceive(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "server.cli", "perceive", "--image", str(tmp_path / "none.jpg")],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 1 and "[invalid_image]" in bad.stderr and "not found" in bad.stderr
+
+
+def test_docstring_examples_run() -> None:
+    """The examples in the package and facade docstrings run and print what they claim."""
+    import doctest
+
+    import perception
+    import perception.facade
+
+    for module in (perception, perception.facade):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
