@@ -62,7 +62,11 @@ def speech_dim(config: PerceptionConfig) -> int | None:
 
 def speech_identity(config: PerceptionConfig, dim: int) -> str:
     """Stable across backends for the same weights: both run the same Whisper encoder."""
-    name = DEFAULT_SPEECH_NAME if config.speech_model is None else Path(config.speech_model).stem
+    if config.speech_model is None:
+        name = DEFAULT_SPEECH_NAME
+    else:  # a checkpoint file loses its extension; a model directory ("small.en") keeps its name
+        path = Path(config.speech_model)
+        name = path.stem if path.suffix in (".pt", ".pth", ".bin") else path.name
     return f"speech:{name}:voiced-mean:{dim}"
 
 
