@@ -191,6 +191,7 @@ class VisionEncoder:
     def encode(self, images: list[DecodedImage]) -> list[FrameEncoding]:
         """One forward pass for the whole batch; faces per image."""
         feats, probs, names = self.backend.embed([im.rgb for im in images])
+        feats = feats.float()  # fp16 on CUDA: hand out float32 like the other encoders
         assert feats.shape == (len(images), self.dim), feats.shape
         k = min(self.config.top_k, probs.shape[-1])
         top = probs.topk(k, dim=-1)

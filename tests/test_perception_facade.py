@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 from skimage import data
 
@@ -101,3 +103,17 @@ def test_docstring_examples_run() -> None:
     for module in (perception, perception.facade):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_all_modalities() -> None:
+    """On CUDA (fp16 models, float16 CTranslate2) every encoder runs and keeps its accuracy."""
+    p = Perception(PerceptionConfig(device="cuda"))
+    text = p.encode_text(["where is the milk?", "where can I find milk?"])
+    assert text[0].embedding.device.type == "cuda" and text[0].embedding.dtype == torch.float32
+    frame = p.encode_frames([data.chelsea()])[0]
+    assert frame.embedding.device.type == "cuda" and 281 <= frame.labels[0].index <= 285
+    samples, sr = synth_speech("Where can I find the batteries?")
+    speech = p.encode_speech(np.concatenate([np.zeros(8000, np.float32), samples]), sr)
+    assert "batteries" in speech.transcript.lower() and speech.embedding.device.type == "cuda"
