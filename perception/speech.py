@@ -4,10 +4,10 @@ Pipeline for one utterance (16 kHz mono float32):
 
 1. Silero VAD finds the voiced regions; silence never reaches the recogniser (no hallucinated
    "Thank you." on an empty room), and an utterance with no voiced region returns at once.
-2. The voiced regions are concatenated and cut into 30 s windows; the Whisper encoder runs
-   once per window. Its states over the real (non-padding) frames, 20 ms each, are averaged
-   into the speech embedding; the same encoder output is handed to the decoder, so the audio
-   is encoded once, not twice.
+2. The voiced regions are packed, whole, into windows of at most 30 s (with 0.32 s of silence
+   on each side); the Whisper encoder runs once per window. Its states over the voiced frames
+   (20 ms each) are averaged into the speech embedding, and the same encoder output is handed
+   to the decoder, so the audio is encoded once, not twice.
 3. Segments whose no-speech probability is high and log-probability low are dropped; segment
    times are mapped back to the original timeline.
 
@@ -32,7 +32,7 @@ from .config import SAMPLE_RATE, WHISPER_CHUNK_S, WHISPER_FRAME_S, WHISPER_N_FRA
 from .errors import ConfigError
 from .prosody import prosody
 from .types import Segment, SpeechEncoding
-from .vad import VoiceActivityDetector, to_original_time, voiced_audio
+from .vad import VoiceActivityDetector, VoicedRegion, to_original_time, voiced_audio
 
 WINDOW_SAMPLES = WHISPER_CHUNK_S * SAMPLE_RATE   # 480000 samples in a 30 s window
 FRAME_SAMPLES = int(WHISPER_FRAME_S * SAMPLE_RATE)  # 320 samples per encoder frame
@@ -41,6 +41,7 @@ FRAME_SAMPLES = int(WHISPER_FRAME_S * SAMPLE_RATE)  # 320 samples per encoder fr
 # worse (measured here on espeak-ng sentences: 0.21 → 0.15). 16 encoder frames = 0.32 s.
 PAD_FRAMES = 16
 PAD_SAMPLES = PAD_FRAMES * FRAME_SAMPLES
+WINDOW_CAPACITY = WINDOW_SAMPLES - 2 * PAD_SAMPLES   # voiced samples per window: 29.36 s
 
 # Whisper encoder width by model size name (d_model = n_audio_state).
 WHISPER_WIDTHS = {"tiny": 384, "base": 512, "small": 768, "medium": 1024, "large": 1280, "turbo": 1280}
@@ -81,24 +82,55 @@ class RawSegment:
     no_speech_prob: float
 
 
+@dataclass(frozen=True)
+class WindowResult:
+    """What a backend returns for one ≤30 s window.
+
+    ``segments``: times in seconds from the window's start. ``states``: (real_frames, D) float32
+    encoder states over the window's real (non-padding) frames.
+    """
+
+    segments: list[RawSegment]
+    states: np.ndarray
+
+
 class AsrBackend(Protocol):
-    """A Whisper runtime: encode 30 s windows once, decode from the same encoder output."""
+    """A Whisper runtime: encode each 30 s window once, decode from that same encoder output."""
 
     dim: int
 
-    def run(self, voiced: np.ndarray) -> tuple[list[RawSegment], list[np.ndarray]]:
-        """voiced: (n,) float32 16 kHz → (segments on voiced timeline,
-        per window encoder states (frames, dim) over the real frames only)."""
+    def run(self, windows: list[np.ndarray]) -> list[WindowResult]:
+        """windows: each (≤480000,) float32 at 16 kHz → one WindowResult per window."""
         ...
 
 
-def _windows(voiced: np.ndarray) -> list[tuple[np.ndarray, int]]:
-    """Cut into ≤30 s windows; each with its count of real (non-padding) encoder frames."""
-    out = []
-    for start in range(0, voiced.size, WINDOW_SAMPLES):
-        chunk = voiced[start:start + WINDOW_SAMPLES]
-        out.append((chunk, min(WHISPER_N_FRAMES, max(1, math.ceil(chunk.size / FRAME_SAMPLES)))))
-    return out
+def real_frames(n_samples: int) -> int:
+    """Encoder frames (20 ms each) covered by ``n_samples`` of audio in one window."""
+    return min(WHISPER_N_FRAMES, max(1, math.ceil(n_samples / FRAME_SAMPLES)))
+
+
+def pack_windows(regions: list[VoicedRegion], capacity: int) -> list[list[VoicedRegion]]:
+    """Group voiced regions into windows of at most ``capacity`` samples each.
+
+    Whole regions stay together (a window never starts mid-word unless one region is longer
+    than a window by itself, which the VAD's maximum region length makes rare).
+    """
+    groups: list[list[VoicedRegion]] = []
+    current: list[VoicedRegion] = []
+    size = 0
+    for r in regions:
+        if current and size + (r.end - r.start) > capacity:
+            groups.append(current)
+            current, size = [], 0
+        start = r.start
+        while r.end - start > capacity:
+            groups.append([VoicedRegion(start, start + capacity)])
+            start += capacity
+        current.append(VoicedRegion(start, r.end))
+        size += r.end - start
+    if current:
+        groups.append(current)
+    return groups
 
 
 class FasterWhisperBackend:
@@ -165,25 +197,22 @@ class FasterWhisperBackend:
         content = min(WHISPER_N_FRAMES * 2, feats.shape[-1] - 1)     # mel frames are 10 ms
         return feats, self.model.encode(pad_or_trim(feats[:, :content]))
 
-    def run(self, voiced: np.ndarray) -> tuple[list[RawSegment], list[np.ndarray]]:
+    def run(self, windows: list[np.ndarray]) -> list[WindowResult]:
         import dataclasses
 
         import ctranslate2
 
-        states: list[np.ndarray] = []
-        segments: list[RawSegment] = []
-        for w, (chunk, n_frames) in enumerate(_windows(voiced)):
-            feats, enc = self._encode(chunk)
+        results = []
+        for window in windows:
+            feats, enc = self._encode(window)
             host = enc if enc.device == "cpu" else enc.to_device(ctranslate2.Device.cpu)
             arr = np.asarray(host)                                      # (1, 1500, D)
             assert arr.shape[:2] == (1, WHISPER_N_FRAMES), arr.shape
-            states.append(arr[0, :n_frames].astype(np.float32))
             options = dataclasses.replace(self.options)  # generate_segments mutates clip_timestamps
-            offset = w * WHISPER_CHUNK_S
-            for s in self.model.generate_segments(feats, self.tokenizer, options, False, enc):
-                segments.append(RawSegment(offset + s.start, offset + s.end, s.text.strip(), s.avg_logprob,
-                                           s.no_speech_prob))
-        return segments, states
+            segments = [RawSegment(s.start, s.end, s.text.strip(), s.avg_logprob, s.no_speech_prob)
+                        for s in self.model.generate_segments(feats, self.tokenizer, options, False, enc)]
+            results.append(WindowResult(segments, arr[0, :real_frames(window.size)].astype(np.float32)))
+        return results
 
 
 class OpenAIWhisperBackend:
@@ -214,27 +243,24 @@ class OpenAIWhisperBackend:
         self.device = device
 
     @torch.inference_mode()
-    def run(self, voiced: np.ndarray) -> tuple[list[RawSegment], list[np.ndarray]]:
+    def run(self, windows: list[np.ndarray]) -> list[WindowResult]:
         import whisper
 
-        windows = _windows(voiced)
         mels = torch.stack([
-            whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(chunk)),
-                                        n_mels=self.model.dims.n_mels)
-            for chunk, _ in windows
+            whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(w)), n_mels=self.model.dims.n_mels)
+            for w in windows
         ]).to(self.device)                                               # (W, n_mels, 3000)
         dtype = torch.float16 if self.fp16 else torch.float32
-        enc = self.model.encoder(mels.to(dtype))                         # (W, 1500, D), one pass
+        enc = self.model.encoder(mels.to(dtype))                         # (W, 1500, D): one pass for all
         assert enc.shape == (len(windows), self.model.dims.n_audio_ctx, self.dim), enc.shape
         # decode() takes already-encoded audio when its last two dims are (n_audio_ctx, n_audio_state).
-        results = whisper.decode(self.model, enc, self.options)
-        segments, states = [], []
-        for w, ((chunk, n_frames), res) in enumerate(zip(windows, results, strict=True)):
-            states.append(enc[w, :n_frames].float().cpu().numpy())
-            start = w * WHISPER_CHUNK_S
-            segments.append(RawSegment(start, start + chunk.size / SAMPLE_RATE, res.text.strip(),
-                                       float(res.avg_logprob), float(res.no_speech_prob)))
-        return segments, states
+        decoded = whisper.decode(self.model, enc, self.options)
+        return [
+            WindowResult([RawSegment(0.0, w.size / SAMPLE_RATE, res.text.strip(), float(res.avg_logprob),
+                                     float(res.no_speech_prob))],
+                         enc[i, :real_frames(w.size)].float().cpu().numpy())
+            for i, (w, res) in enumerate(zip(windows, decoded, strict=True))
+        ]
 
 
 class SpeechEncoder:
@@ -244,7 +270,7 @@ class SpeechEncoder:
     def __init__(self, config: PerceptionConfig, device: torch.device) -> None:
         self.config = config
         self.device = device
-        self.vad = VoiceActivityDetector(config)
+        self.vad = VoiceActivityDetector(config, max_region_s=WINDOW_CAPACITY / SAMPLE_RATE)
         self.backend: AsrBackend
         if config.speech_backend == "openai-whisper":
             self.backend = OpenAIWhisperBackend(config, device)
@@ -261,28 +287,34 @@ class SpeechEncoder:
         duration = samples.size / SAMPLE_RATE
         with self._lock:
             regions = self.vad.regions(samples)
-            voiced = voiced_audio(samples, regions)
-            raw: list[RawSegment] = []
-            states: list[np.ndarray] = []
-            if voiced.size:
-                pad = np.zeros(PAD_SAMPLES, dtype=np.float32)
-                raw, states = self.backend.run(np.concatenate([pad, voiced, pad]))
-        voiced_s = voiced.size / SAMPLE_RATE
+            groups = pack_windows(regions, WINDOW_CAPACITY)
+            pad = np.zeros(PAD_SAMPLES, dtype=np.float32)
+            windows = [np.concatenate([pad, voiced_audio(samples, g), pad]) for g in groups]
+            results = self.backend.run(windows) if windows else []
         pad_s = PAD_SAMPLES / SAMPLE_RATE
-        kept = [s for s in raw if s.text and not (s.no_speech_prob > self.config.no_speech_threshold
-                                                   and s.avg_logprob < self.config.logprob_threshold)]
-        segments = [Segment(start=to_original_time(min(max(s.start - pad_s, 0.0), voiced_s), regions),
-                            end=to_original_time(min(max(s.end - pad_s, 0.0), voiced_s), regions),
-                            text=s.text, avg_logprob=s.avg_logprob, no_speech_prob=s.no_speech_prob)
-                    for s in kept]
-        transcript = " ".join(s.text for s in segments).strip()
-        if states:
+        raw: list[RawSegment] = []
+        segments: list[Segment] = []
+        voiced_states: list[np.ndarray] = []
+        for group, res in zip(groups, results, strict=True):
+            n_voiced = sum(r.end - r.start for r in group)
+            voiced_len = n_voiced / SAMPLE_RATE
             # Pool over the voiced frames only: drop the silence added around them.
-            all_states = np.concatenate(states, axis=0)                  # (pad + voiced + pad frames, D)
-            n_voiced = max(1, math.ceil(voiced.size / FRAME_SAMPLES))
-            voiced_states = all_states[PAD_FRAMES:PAD_FRAMES + n_voiced]
-            assert voiced_states.shape[0] > 0, all_states.shape
-            embedding = torch.from_numpy(voiced_states.mean(axis=0))
+            voiced_states.append(res.states[PAD_FRAMES:PAD_FRAMES + real_frames(n_voiced)])
+            for s in res.segments:
+                raw.append(s)
+                if not s.text or (s.no_speech_prob > self.config.no_speech_threshold
+                                  and s.avg_logprob < self.config.logprob_threshold):
+                    continue
+                start = to_original_time(min(max(s.start - pad_s, 0.0), voiced_len), group)
+                end = to_original_time(min(max(s.end - pad_s, 0.0), voiced_len), group)
+                segments.append(Segment(start=start, end=end, text=s.text, avg_logprob=s.avg_logprob,
+                                        no_speech_prob=s.no_speech_prob))
+        transcript = " ".join(s.text for s in segments).strip()
+        voiced_s = sum(r.end - r.start for r in regions) / SAMPLE_RATE
+        if voiced_states:
+            states = np.concatenate(voiced_states, axis=0)                # (voiced frames, D)
+            assert states.ndim == 2 and states.shape[0] > 0 and states.shape[1] == self.dim, states.shape
+            embedding = torch.from_numpy(states.mean(axis=0))
         else:
             embedding = torch.zeros(self.dim)                             # nothing voiced: no speech content
         assert embedding.shape == (self.dim,), embedding.shape

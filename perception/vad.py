@@ -20,13 +20,15 @@ class VoicedRegion:
 class VoiceActivityDetector:
     """Finds voiced regions; the ONNX session is loaded once per process by faster-whisper."""
 
-    def __init__(self, config: PerceptionConfig) -> None:
+    def __init__(self, config: PerceptionConfig, max_region_s: float = float("inf")) -> None:
+        """``max_region_s``: longer voiced stretches are split, preferably at a short pause."""
         from faster_whisper.vad import VadOptions, get_vad_model
 
         get_vad_model()  # load now, so warmup() covers it
         self.options = VadOptions(threshold=config.vad_threshold,
                                   min_silence_duration_ms=config.vad_min_silence_ms,
-                                  speech_pad_ms=config.vad_speech_pad_ms)
+                                  speech_pad_ms=config.vad_speech_pad_ms,
+                                  max_speech_duration_s=max_region_s)
 
     def regions(self, samples: np.ndarray) -> list[VoicedRegion]:
         """samples: (n,) float32 at 16 kHz → voiced regions, in order, non-overlapping."""

@@ -13,6 +13,8 @@ import torch
 from perception import ConfigError, Limits, Perception, PerceptionConfig
 from perception.audio import prepare_audio
 from perception.prosody import yin_f0
+from perception.speech import pack_windows
+from perception.vad import VoicedRegion
 from tests.conftest import synth_speech
 
 # Kiosk-style sentences, each with an espeak-ng voice and speed (words per minute).
@@ -158,6 +160,29 @@ def test_prosody_pitch_and_rate(perception: Perception) -> None:
     assert male.vector().shape == (8,)
 
 
+def test_pack_windows_keeps_regions_whole() -> None:
+    """Voiced regions are packed whole into windows; only an over-long region is cut."""
+    regions = [VoicedRegion(0, 10), VoicedRegion(20, 30), VoicedRegion(40, 55), VoicedRegion(60, 100)]
+    assert pack_windows(regions, 25) == [[VoicedRegion(0, 10), VoicedRegion(20, 30)], [VoicedRegion(40, 55)],
+                                         [VoicedRegion(60, 85)], [VoicedRegion(85, 100)]]
+    assert pack_windows([], 25) == []
+
+
+def test_long_utterance_spans_windows(perception: Perception) -> None:
+    """Over 30 s of speech is transcribed across windows, with times on the original timeline."""
+    sentence = "How much does this coffee machine cost?"
+    one = _speak(sentence, "en+f3", 150, pad=False)
+    gap = np.zeros(16000, np.float32)
+    audio = np.concatenate([gap, *[np.concatenate([one, gap]) for _ in range(12)]])
+    assert audio.size / 16000 > 35
+    enc = perception.encode_speech(audio, 16000)
+    assert wer(" ".join([sentence] * 12), enc.transcript) <= 0.25
+    assert enc.transcript.lower().count("coffee") == 12      # nothing lost where windows meet
+    assert enc.segments[-1].end > 30 and enc.segments[-1].end <= enc.duration_s + 1e-6
+    starts = [s.start for s in enc.segments]
+    assert starts == sorted(starts)
+
+
 @pytest.mark.parametrize("f0", [85.0, 140.0, 230.0, 380.0])
 def test_yin_on_tones(f0: float) -> None:
     """YIN finds the fundamental of a harmonic tone within 1 %."""
@@ -211,9 +236,10 @@ def test_openai_whisper_backend(tiny_whisper_checkpoint: Path) -> None:
     assert p.identities()["speech"] == "speech:tiny-random:voiced-mean:64"
     # The backend itself: one encoder pass, states over the real frames only.
     backend = p._speech.get().backend
-    segments, states = backend.run(np.zeros(16000 * 2, dtype=np.float32))
-    assert len(segments) == 1 and len(states) == 1
-    assert states[0].shape == (100, 64)              # 2 s = 100 frames of 20 ms
+    results = backend.run([np.zeros(16000 * 2, dtype=np.float32), np.zeros(16000 * 30, dtype=np.float32)])
+    assert [len(r.segments) for r in results] == [1, 1]
+    assert results[0].states.shape == (100, 64)      # 2 s = 100 frames of 20 ms
+    assert results[1].states.shape == (1500, 64)     # a full window
     # Silence never reaches the model at all.
     assert p.encode_speech(np.zeros(16000, np.float32), 16000).transcript == ""
 
