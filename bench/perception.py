@@ -82,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="minimum time per throughput measurement")
     args = parser.parse_args(argv)
 
+    # perception first: it sets OpenMP's wait policy, which only counts before torch loads.
+    from perception import Perception, PerceptionConfig  # isort: skip
+
     import numpy as np
     import torch
     from PIL import Image
     from skimage import data
-
-    from perception import Perception, PerceptionConfig
 
     load_avg_start = os.getloadavg()
     loads = measure_loads(args.device)
