@@ -31,6 +31,7 @@ class FusionConfig:
     modality_dropout: float = 0.3   # training only: chance to drop each present modality
     context_prob: float = 0.3       # training only: chance a sample gets a context token
     use_context: bool = True
+    pool_skip: bool = True          # attention: add the attention-pooled modality tokens to the query state
 
     def __post_init__(self) -> None:
         self.intents = tuple(self.intents)
@@ -77,6 +78,7 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FusionConfig:
+        d = {"pool_skip": False, **d}  # checkpoints written before the option existed
         known = set(cls.__dataclass_fields__)
         extra = set(d) - known
         if extra:

@@ -163,8 +163,8 @@ class PreNormLayer(nn.Module):
 class AttentionFusion(FusionModel):
     """Learned turn query token + modality-type embeddings + pre-norm transformer layers.
 
-    The query token (never masked) reads the present modality tokens; its final state is the
-    fused vector. Modality weights = the query's last-layer attention over modality tokens,
+    The query token (never masked) reads the present modality tokens; its final state (plus, with
+    ``pool_skip``, the attention-pooled modality tokens) is the fused vector. Modality weights = the query's last-layer attention over modality tokens,
     averaged over heads and renormalised over present modalities.
     """
 
@@ -189,5 +189,10 @@ class AttentionFusion(FusionModel):
             h, attn = layer(h, pad, need_weights=i == len(self.layers) - 1)
         assert attn is not None and attn.shape == (B, 1 + M, 1 + M)
         weights = normalise_weights(attn[:, 0, 1:], present)  # (B, M)
-        fused = self.ln_f(h[:, 0])  # (B, d)
+        q = h[:, 0]
+        if self.config.pool_skip:
+            # A direct path from the modality tokens to the heads, weighted by the same attention
+            # that is reported as "why": the seed's attention-weighted sum, on top of the layers.
+            q = q + (weights.unsqueeze(-1) * tok).sum(1)
+        fused = self.ln_f(q)  # (B, d)
         return fused, weights, self.heads(fused)

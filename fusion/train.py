@@ -35,7 +35,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 50
-    patience: int = 12          # epochs without validation improvement before stopping
+    patience: int = 8           # epochs without validation improvement before stopping
     seed: int = 0
     loss: LossWeights = field(default_factory=LossWeights)
 

@@ -23,7 +23,13 @@ def kiosk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_short_training_beats_chance(kiosk: Path, perception: object, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One feature cache for this module: media are encoded once."""
+    return tmp_path_factory.mktemp("feature_cache")
+
+
+def test_short_training_beats_chance(kiosk: Path, perception: object, cache_dir: Path) -> None:
     """Attention fusion trained for a few seconds on real features is far above chance on unseen templates."""
     from fusion.config import FusionConfig
     from fusion.evaluate import evaluate_table
@@ -31,7 +37,7 @@ def test_short_training_beats_chance(kiosk: Path, perception: object, tmp_path: 
     from fusion.manifest import load_manifest
     from fusion.train import TrainConfig, train_model
 
-    cache = FeatureCache(tmp_path / "cache")
+    cache = FeatureCache(cache_dir)
     tables = {s: encode_manifest(load_manifest(kiosk / f"{s}.jsonl", strict=True), perception,  # type: ignore[arg-type]
                                  cache=cache, strict=True) for s in ("train", "val", "test")}
     assert tables["train"].present[:, 1].any(), "some turns are spoken"
@@ -43,13 +49,16 @@ def test_short_training_beats_chance(kiosk: Path, perception: object, tmp_path: 
     assert info["epochs_run"] >= 1
 
 
-def test_cli_train_and_eval(kiosk: Path, perception: object, tmp_path: Path) -> None:
+def test_cli_train_and_eval(kiosk: Path, perception: object, cache_dir: Path, tmp_path: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
     """`mmagent train` writes a checkpoint with encoder identities; `mmagent eval` scores it."""
+    import fusion.cli
     from fusion.checkpoint import load_checkpoint
     from server.cli import main
 
+    monkeypatch.setattr(fusion.cli, "_perception", lambda: perception)  # share the loaded encoders
     ck = tmp_path / "m.pt"
-    cache = str(tmp_path / "cache")
+    cache = str(cache_dir)
     assert main(["train", "--manifest", str(kiosk / "train.jsonl"), "--val", str(kiosk / "val.jsonl"),
                  "--out", str(ck), "--epochs", "5", "--d-model", "32", "--cache", cache]) == 0
     _, meta = load_checkpoint(ck)
