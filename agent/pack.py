@@ -2,7 +2,8 @@
 
 A pack is four files (each ``.yaml``, ``.yml`` or ``.json``; format in docs/agent.md)::
 
-    pack.yaml        name, persona, instructions, canned messages, escalation, safety
+    pack.yaml        name, persona, instructions, canned messages, few-shot examples,
+                     escalation, safety
     knowledge.yaml   entries: facts, FAQ answers, products (what retrieval searches)
     intents.yaml     intent names with descriptions and example phrasings
     actions.yaml     device actions with the JSON Schema of their arguments
@@ -53,6 +54,9 @@ FILE_SCHEMAS: dict[str, dict[str, Any]] = {
                 "action": _IDENT, "intents": _STRS, "negative_turns": {"type": "integer", "minimum": 1}}},
             "safety": {"type": "object", "additionalProperties": False, "properties": {
                 "rules": _STRS, "blocked_patterns": _STRS}},
+            "examples": {"type": "array", "items": {
+                "type": "object", "required": ["facts", "question", "answer"], "additionalProperties": False,
+                "properties": {"facts": _STRS, "question": _STR, "answer": _STR}}},
         },
     },
     "knowledge": {
@@ -121,6 +125,15 @@ class IntentSpec:
     examples: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Example:
+    """A few-shot demonstration: facts and a question, and the answer the model should give."""
+
+    facts: tuple[str, ...]
+    question: str
+    answer: str
+
+
 @dataclass
 class KnowledgePack:
     """A validated pack. Build with :func:`load_pack`."""
@@ -139,6 +152,7 @@ class KnowledgePack:
     safety_rules: tuple[str, ...] = ()
     blocked_patterns: tuple[re.Pattern[str], ...] = ()
     language: str = "en"
+    examples: tuple[Example, ...] = ()
     _validators: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def entry(self, entry_id: str) -> Entry:
@@ -246,6 +260,7 @@ def load_pack(directory: str | Path | None = None) -> KnowledgePack:
         handoff_action=esc.get("action"), handoff_intents=tuple(esc.get("intents", ())),
         negative_turns=esc.get("negative_turns"), safety_rules=tuple(safety.get("rules", ())),
         language=p.get("language", "en"),
+        examples=tuple(Example(tuple(x["facts"]), x["question"], x["answer"]) for x in p.get("examples", ())),
     )
     pname = paths["pack"].name
     if pack.handoff_action is not None and pack.handoff_action not in actions:

@@ -3,6 +3,7 @@
 Layout (chat messages; kept compact because the default model is small, 2048-token context)::
 
     system     persona + instructions + safety rules          (static: identical every turn)
+    user/assistant × e   the pack's few-shot examples           (static)
     user/assistant × h   recent history, newest kept first, within ``history_tokens``
     user       Facts: the retrieved entries, best first
                Context: what the camera sees, faces/engagement, transcript confidence,
@@ -40,6 +41,7 @@ class Prompt:
     entry_ids: list[str]
     sections: dict[str, str] = field(default_factory=dict)
     history_turns: int = 0
+    static_messages: int = 1   # leading messages identical on every turn (a responder may cache them)
 
     def text(self) -> str:
         return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in self.messages)
@@ -92,16 +94,21 @@ def build_prompt(
     context = describe_context(summary or {}, fused)
     entries = [h.entry.text[: cfg.max_entry_chars] for h in hits]
 
-    def user_message(facts: list[str]) -> str:
+    def user_message(facts: Sequence[str], q: str = question, ctx: str = context) -> str:
         lines = []
         if facts:
             lines.append("Facts:\n" + "\n".join(f"- {f}" for f in facts))
         else:
             lines.append("Facts: none that match.")
-        if context:
-            lines.append("Context: " + context)
-        lines.append(f"Question: {question}")
+        if ctx:
+            lines.append("Context: " + ctx)
+        lines.append(f"Question: {q}")
         return "\n\n".join(lines)
+
+    shots: list[dict[str, str]] = []
+    for ex in pack.examples:
+        shots += [{"role": "user", "content": user_message(ex.facts, ex.question, "")},
+                  {"role": "assistant", "content": ex.answer}]
 
     # History, newest first, within its own budget.
     hist_msgs: list[dict[str, str]] = []
@@ -121,7 +128,7 @@ def build_prompt(
         return sum(count_tokens(m["content"]) + 4 for m in msgs)
 
     while True:
-        msgs = [{"role": "system", "content": system}, *hist_msgs,
+        msgs = [{"role": "system", "content": system}, *shots, *hist_msgs,
                 {"role": "user", "content": user_message(entries)}]
         n = total(msgs)
         if n <= cfg.max_prompt_tokens:
@@ -138,4 +145,4 @@ def build_prompt(
     return Prompt(messages=msgs, n_tokens=n, entry_ids=[h.entry.id for h in hits][: len(entries)],
                   sections={"system": system, "facts": "\n".join(entries), "context": context,
                             "question": question},
-                  history_turns=kept)
+                  history_turns=kept, static_messages=1 + len(shots))

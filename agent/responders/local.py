@@ -14,6 +14,7 @@ step, so cancellation stops within one step.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import logging
@@ -96,6 +97,9 @@ class LocalLLM:
         self.dtype = _resolve_dtype(self.config.dtype, self.device)
         self.load_seconds: float | None = None
         self.source = ""
+        # KV caches of static prompt prefixes (persona + few-shot examples), newest last.
+        self._prefix_caches: dict[tuple[int, ...], Any] = {}
+        self.max_prefix_caches = 4
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -187,24 +191,54 @@ class LocalLLM:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> torch.Tensor:
+    def encode_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
+                    truncate: bool = True) -> torch.Tensor:
         """(1, T) prompt token ids through the model's chat template."""
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
-            out = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+            out = tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, return_tensors="pt")
             ids = out if isinstance(out, torch.Tensor) else out["input_ids"]
         else:
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
-            ids = tok(text, return_tensors="pt")["input_ids"]
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+            ids = tok(text + ("assistant: " if add_generation_prompt else ""), return_tensors="pt")["input_ids"]
         limit = self.config.context_tokens - self.config.max_new_tokens
-        if ids.shape[1] > limit:  # keep the end: the question and the facts sit there
+        if truncate and ids.shape[1] > limit:  # keep the end: the question and the facts sit there
             ids = ids[:, -limit:]
         return ids
 
+    def _prefix_cache(self, ids: torch.Tensor, static: list[dict[str, str]]) -> Any | None:
+        """A copy of the KV cache of the static leading messages if ``ids`` starts with them
+        (computed once per distinct prefix). Call with the generation lock held."""
+        if not static:
+            return None
+        prefix = self.encode_chat(static, add_generation_prompt=False, truncate=False).to(self.device)
+        n = prefix.shape[1]
+        if n >= ids.shape[1] or not torch.equal(ids[0, :n], prefix[0]):
+            return None
+        key = tuple(prefix[0].tolist())
+        cache = self._prefix_caches.pop(key, None)
+        if cache is None:
+            with torch.inference_mode():
+                cache = self.model(prefix, use_cache=True).past_key_values
+        self._prefix_caches[key] = cache  # most recently used last
+        while len(self._prefix_caches) > self.max_prefix_caches:
+            self._prefix_caches.pop(next(iter(self._prefix_caches)))
+        return copy.deepcopy(cache)
+
     def generate(self, messages: list[dict[str, str]], on_text: Callable[[str], None],
-                 cancel: threading.Event, stats: dict[str, float] | None = None) -> str:
-        """Blocking: generate a reply, calling ``on_text`` with each new piece. Returns the text."""
-        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList, TextStreamer
+                 cancel: threading.Event, stats: dict[str, float] | None = None, *,
+                 static_messages: int = 0) -> str:
+        """Blocking: generate a reply, calling ``on_text`` with each new piece. Returns the text.
+
+        The first ``static_messages`` messages are the same on every turn: their KV cache is
+        computed once and reused, so only the rest of the prompt is processed per turn.
+        """
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            StoppingCriteriaList,
+            TextStreamer,
+        )
 
         stats = stats if stats is not None else {}
         ids = self.encode_chat(messages).to(self.device)
@@ -248,6 +282,10 @@ class LocalLLM:
             t_lock = time.perf_counter()
             if cancel.is_set():
                 return ""
+            cache = self._prefix_cache(ids, messages[:static_messages]) if static_messages else None
+            if cache is not None:
+                gen_kwargs["past_key_values"] = cache
+                stats["cached_prompt_tokens"] = float(cache.get_seq_length())
             with torch.inference_mode():
                 self.model.generate(ids, **gen_kwargs)
         t_end = time.perf_counter()
@@ -277,6 +315,7 @@ class LocalResponder:
 
     def stream(self, request: ResponderRequest, cancel: CancelToken) -> AsyncIterator[Chunk]:
         def target(emit: Callable[[Any], None]) -> None:
-            self.llm.generate(request.prompt.messages, emit, cancel, request.stats)
+            self.llm.generate(request.prompt.messages, emit, cancel, request.stats,
+                              static_messages=request.prompt.static_messages)
 
         return stream_from_thread(target, name="local-llm")
