@@ -416,8 +416,11 @@ class Agent:
             if fused is None or not e.intents or fused.intent in e.intents:
                 yield self._action(record, e.action[0], dict(e.action[1]), actions_done)  # type: ignore[index]
 
-        prices = [p for h in hits for p in prices_in(h.entry.text)] + \
-            [h.entry.price for h in hits if h.entry.price is not None]
+        # Prices count only from entries close to the question: "how much is a bicycle?" must not
+        # borrow the umbrella's price because both are "how much" questions.
+        priced = [h for h in hits if h.cosine >= self.config.retrieval.price_min_score]
+        prices = [p for h in priced for p in prices_in(h.entry.text)] + \
+            [h.entry.price for h in priced if h.entry.price is not None]
         if self.config.policy.guard_prices and asks_for_price(question, intent) and not prices:
             # Asked for a price that no relevant entry has: say so without asking the model.
             record.route = "no_information"
@@ -429,7 +432,8 @@ class Agent:
                 text_parts.append(piece)
                 yield TextDeltaEvent(piece)
             return
-        allowed = prices + [n for h in hits for n in numbers_in(h.entry.text)] + numbers_in(question)
+        allowed = prices + [n for h in hits for n in numbers_in(h.entry.text) if n not in prices_in(h.entry.text)
+                            or h.cosine >= self.config.retrieval.price_min_score] + numbers_in(question)
 
         t0 = time.perf_counter()
         prompt = await asyncio.to_thread(self.prompt_for, session, question, hits, record.perception, fused)
@@ -489,9 +493,16 @@ class Agent:
                             yield ev
         finally:
             rtoken.set()
+            # Let the backend finish its current step (a local model stops within one decoding
+            # step, a socket is shut down) so its stats are complete and the model is free again
+            # when the turn is reported done.
+            try:
+                await asyncio.wait_for(_drain(stream), timeout=self.config.drain_timeout_s)
+            except (TimeoutError, Exception):
+                pass
             await stream.aclose()  # type: ignore[attr-defined]
         timings["generate"] = _ms(time.perf_counter() - t_gen)
-        for k in ("prompt_tokens", "generated_tokens", "tokens_per_s"):
+        for k in ("prompt_tokens", "cached_prompt_tokens", "generated_tokens", "tokens_per_s", "tokens_after_cancel"):
             if k in request.stats:
                 timings[k] = round(request.stats[k], 2)
         if "first_token_s" in request.stats:
@@ -501,6 +512,11 @@ class Agent:
             ev = emit_text(hits[0].entry.text if hits else self.pack.messages["no_information"])
             if ev:
                 yield ev
+
+
+async def _drain(stream: AsyncIterator[Any]) -> None:
+    async for _ in stream:
+        pass
 
 
 def _media_json(turn: TurnInput) -> dict[str, Any]:

@@ -121,7 +121,8 @@ class RetrievalConfig:
     """Top-k cosine retrieval over the pack's entries."""
 
     top_k: int = 3
-    min_score: float = 0.30         # entries below this cosine are not "relevant"
+    min_score: float = 0.40         # entries below this cosine are not "relevant"
+    price_min_score: float = 0.45   # a price question is answered only from entries at least this close
     intent_boost: float = 0.10      # added to entries tagged with the fused intent
     intent_min_confidence: float = 0.5  # the fused intent is used only above this confidence
     prompt_margin: float = 0.10     # entries scoring more than this below the best stay out of the prompt
@@ -205,6 +206,7 @@ class AgentConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    drain_timeout_s: float = 2.0     # after a cancel, how long to wait for the backend to stop
 
     def pack_dir(self) -> Path:
         return Path(self.pack) if self.pack else DEFAULT_PACK_DIR

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from agent import Agent, AgentConfig, PerceivedTurn, ResponderConfig, StoreConfig, TurnInput
-from agent.guard import PriceGuard, asks_for_price, prices_in
+from agent.guard import NumberGuard, asks_for_price, numbers_in, prices_in
 from agent.responders import CancelToken, ResponderRequest
 from fusion import FusedTurn
 from perception.types import Faces, FrameEncoding, Label, Prosody, Segment, SpeechEncoding
@@ -183,7 +183,10 @@ def test_prompt_carries_perception_fusion_and_history(rig: Any) -> None:
     assert user.index("aisle 7") < user.index("Question: where are the batteries?")
     assert "The camera sees: Egyptian cat" in user and "1 person in view" in user
     assert "Detected intent: find_product (0.90); emotion: neutral" in user
-    assert [m["role"] for m in prompt.messages] == ["system", "user", "assistant", "user"]
+    # system, the pack's two few-shot examples, one turn of history, the question
+    assert [m["role"] for m in prompt.messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert prompt.static_messages == 5 and prompt.history_turns == 1
+    assert prompt.messages[5]["content"] == "what are your opening hours?"
     assert prompt.n_tokens <= agent.config.prompt.max_prompt_tokens
     # the product's linked action is emitted, validated
     assert [(e.name, e.arguments) for e in events if e.type == "action"] == [("show_on_map", {"aisle": 7})]
@@ -214,6 +217,17 @@ def test_unknown_price_is_not_invented(rig: Any) -> None:
     assert not prices_in(events[-1].text) and responder.requests == []
 
 
+def test_number_guard_corrects_an_invented_time(rig: Any) -> None:
+    """A made-up opening time is cut off and followed by the entry's own words."""
+    agent, fusion, responder = rig
+    responder.pieces = ["We ", "are ", "open ", "from ", "8 ", "am ", "to ", "5 ", "pm ", "every ", "day."]
+    fusion.queue.append(fused("store_hours"))
+    events = run_turn(agent, agent.open_session(), typed(agent, "what are your opening hours?"))
+    text = events[-1].text
+    assert text.startswith("We are open from 8 am to — To be exact: We are open Monday to Saturday")
+    assert "5 pm" not in text and "".join(e.delta for e in events if e.type == "text.delta") == text
+
+
 def test_price_guard_stops_an_invented_price(rig: Any) -> None:
     """A price the model makes up is never sent: the reply stops and says it does not know."""
     agent, fusion, responder = rig
@@ -229,9 +243,13 @@ def test_price_guard_unit() -> None:
     """Prices are recognised in several spellings and compared by value."""
     assert prices_in("$4.49, 12 dollars, €3,50 and 8 am") == [4.49, 12.0, 3.5]
     assert asks_for_price("How much is it?") and asks_for_price("x", "price_check") and not asks_for_price("where?")
-    g = PriceGuard([12.0])
-    out = "".join(g.feed(w) for w in ["Umbrellas ", "are ", "$1", "2.00 ", "each."]) + g.flush()
-    assert out == "Umbrellas are $12.00 each." and g.violation is None
+    g = NumberGuard([12.0, 9])
+    out = "".join(g.feed(w) for w in ["Umbrellas ", "are ", "$1", "2.00 ", "in ", "aisle ", "9."]) + g.flush()
+    assert out == "Umbrellas are $12.00 in aisle 9." and g.violation is None
+    assert numbers_in("8:00 am to 9 pm, 8:30, 3,50") == [8, 9, 8.3, 3.5]
+    g = NumberGuard(numbers_in("Monday to Saturday from 8 am to 9 pm"))
+    out = "".join(g.feed(w) for w in ["Open ", "from ", "8 ", "am ", "to ", "12 ", "pm."]) + g.flush()
+    assert out == "Open from 8 am to " and g.violation == "12" and not g.violation_is_price
 
 
 def test_blocked_pattern_is_refused(rig: Any) -> None:

@@ -246,6 +246,7 @@ class LocalLLM:
         pieces: list[str] = []
         first: list[float] = []
         n_tokens = [0]
+        after_cancel = [0]  # tokens produced after the cancel flag was set (at most one step's)
         t0 = time.perf_counter()
 
         class _Streamer(TextStreamer):
@@ -254,6 +255,8 @@ class LocalLLM:
                     first.append(time.perf_counter())
                 if self.next_tokens_are_prompt is False:
                     n_tokens[0] += int(value.numel())
+                    if cancel.is_set():
+                        after_cancel[0] += int(value.numel())
                 super().put(value)
 
             def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
@@ -291,6 +294,7 @@ class LocalLLM:
         t_end = time.perf_counter()
         stats["lock_wait_s"] = t_lock - t0
         stats["generated_tokens"] = float(n_tokens[0])
+        stats["tokens_after_cancel"] = float(after_cancel[0])
         if first:
             stats["first_token_s"] = first[0] - t_lock
             if n_tokens[0] > 1:
