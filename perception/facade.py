@@ -15,9 +15,14 @@ import torch
 
 from .config import PerceptionConfig
 from .errors import ConfigError
-from .runtime import Lazy, resolve_device, torch_dtype
+from .runtime import Lazy, resolve_device, shared_lazy, torch_dtype
 from .text import TextEncoder, text_dim, text_identity, validate_texts
 from .types import FACE_FEATURES, PROSODY_FEATURES, FrameEncoding, SpeechEncoding, TextEncoding
+
+# Config fields each encoder depends on (by name prefix): equal values → one shared encoder.
+TEXT_FIELDS = ("text_",)
+SPEECH_FIELDS = ("speech_", "vad_", "no_speech_", "logprob_")
+VISION_FIELDS = ("vision_", "clip_", "top_k", "face_")
 
 if TYPE_CHECKING:
     from .speech import SpeechEncoder
@@ -27,8 +32,9 @@ if TYPE_CHECKING:
 class Perception:
     """Text, speech and camera-frame encoders behind one object.
 
-    Models load lazily on first use (or all at once with :meth:`warmup`), once per instance,
-    behind a lock; one instance is safe to share between threads. Inputs are validated against
+    Models load lazily on first use (or all at once with :meth:`warmup`), once per process
+    (facades with equal settings share them), behind a lock; one instance is safe to share
+    between threads. Inputs are validated against
     ``config.limits`` before any model runs; a bad input raises a subclass of
     :class:`~perception.errors.InputError` naming the problem and the limit.
     """
@@ -39,11 +45,19 @@ class Perception:
         self.dtype = torch_dtype(self.device, self.config.fp16_on_cuda)
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
-        self._text: Lazy[TextEncoder] = Lazy(
-            "text", lambda: TextEncoder(self.config, self.device, self.dtype))
-        self._speech: Lazy[SpeechEncoder] = Lazy("speech", self._build_speech)
-        self._vision: Lazy[VisionEncoder] = Lazy("vision", self._build_vision)
+        # Encoders are shared process-wide between facades whose settings for them are equal.
+        self._text: Lazy[TextEncoder] = shared_lazy(
+            "text", self._key("text", TEXT_FIELDS), lambda: TextEncoder(self.config, self.device, self.dtype))
+        self._speech: Lazy[SpeechEncoder] = shared_lazy(
+            "speech", self._key("speech", SPEECH_FIELDS), self._build_speech)
+        self._vision: Lazy[VisionEncoder] = shared_lazy(
+            "vision", self._key("vision", VISION_FIELDS), self._build_vision)
         self._dims: dict[str, int] | None = None
+
+    def _key(self, modality: str, prefixes: tuple[str, ...]) -> tuple[Any, ...]:
+        fields = tuple((name, getattr(self.config, name)) for name in sorted(self.config.__dataclass_fields__)
+                       if name.startswith(prefixes))
+        return (modality, str(self.device), str(self.dtype), *fields)
 
     def _build_speech(self) -> SpeechEncoder:
         from .speech import SpeechEncoder

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -61,3 +61,18 @@ class Lazy(Generic[T]):
                     raise ModelLoadError(f"cannot load the {self.name} model: {type(exc).__name__}: {exc}") from exc
                 self.load_seconds = time.perf_counter() - t0
             return self._value
+
+
+# One Lazy per distinct model setting, for the whole process: two Perception objects with the
+# same settings (the server's and a CLI tool's, say) share the loaded weights.
+_SHARED: dict[tuple[Any, ...], Lazy[Any]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_lazy(name: str, key: tuple[Any, ...], build: Callable[[], T]) -> Lazy[T]:
+    """The process-wide Lazy for ``key`` (created with ``build`` on first request)."""
+    with _SHARED_LOCK:
+        lazy = _SHARED.get(key)
+        if lazy is None:
+            lazy = _SHARED[key] = Lazy(name, build)
+        return lazy

@@ -21,7 +21,8 @@ from tests.conftest import REPO_ROOT, synth_speech
 
 def test_nothing_loads_until_used() -> None:
     """Constructing the facade and asking for identities and sizes loads no model weights."""
-    p = Perception(PerceptionConfig())
+    # Settings no other test uses, so no encoder is shared with one loaded earlier.
+    p = Perception(PerceptionConfig(text_batch_size=13, speech_beam_size=2, top_k=4))
     assert p.identities() == {
         "text": "text:all-MiniLM-L6-v2:mean-l2:384",
         "speech": "speech:whisper-tiny.en:voiced-mean:384",
@@ -42,6 +43,16 @@ def test_feature_dims_match_vectors(perception: Perception) -> None:
     assert perception._encoder_dims() == {"text": perception._text.get().dim,
                                           "speech": perception._speech.get().dim,
                                           "vision": perception._vision.get().dim}
+
+
+def test_equal_settings_share_models(perception: Perception) -> None:
+    """A second facade with the same model settings reuses the loaded encoders."""
+    perception.encode_text(["hello"])
+    other = Perception(PerceptionConfig(numpy_channel_order="BGR"))  # input handling only
+    assert other._text.get() is perception._text.get()
+    assert other._vision is perception._vision and other._speech is perception._speech
+    different = Perception(PerceptionConfig(top_k=2))
+    assert different._vision is not perception._vision and different._text is perception._text
 
 
 def test_lazy_builds_once_under_contention() -> None:

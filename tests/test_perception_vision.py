@@ -78,8 +78,7 @@ def test_input_formats_agree(perception: Perception) -> None:
     outs = perception.encode_frames([arr, _encode(arr, "PNG"), Image.fromarray(arr)])
     for o in outs[1:]:
         assert torch.allclose(o.embedding, outs[0].embedding, atol=1e-4)
-    bgr = Perception(PerceptionConfig(numpy_channel_order="BGR"))
-    bgr._vision = perception._vision  # share the loaded model; only input handling differs
+    bgr = Perception(PerceptionConfig(numpy_channel_order="BGR"))  # shares the loaded model
     o = bgr.encode_frames([np.ascontiguousarray(arr[:, :, ::-1])])[0]
     assert torch.allclose(o.embedding, outs[0].embedding, atol=1e-4)
     # Reading a BGR array as RGB is a different picture: the check above is not vacuous.
