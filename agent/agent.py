@@ -147,8 +147,13 @@ class Agent:
                    retriever=retriever)
 
     def warmup(self) -> None:
-        """Load the responder's model now (the encoders load with the perception facade)."""
+        """Load the responder's model now and prepare its cache of the static prompt prefix
+        (persona + few-shot examples), so the first turn is as fast as the others."""
         self.responder.warmup()
+        prime = getattr(self.responder, "prime", None)
+        if prime is not None:
+            prime(build_prompt(self.pack, "hello", [], config=self.config.prompt,
+                               count_tokens=self.responder.count_tokens))
 
     def close(self) -> None:
         if self.store is not None:

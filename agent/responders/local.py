@@ -31,6 +31,7 @@ import torch
 from perception.errors import ConfigError, ModelLoadError
 
 from ..config import DEFAULT_GGUF_FILE, DEFAULT_GGUF_PACKAGE, LocalLLMConfig, default_cache_dir
+from ..prompt import Prompt
 from .base import CancelToken, Chunk, ResponderRequest, stream_from_thread
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,12 @@ class LocalLLM:
         self.load()
         return self._model
 
+    def prime(self, messages: list[dict[str, str]], static_messages: int) -> None:
+        """Compute the KV cache of the static leading messages now (at start, not on turn one)."""
+        ids = self.encode_chat(messages).to(self.device)
+        with self._gen_lock:
+            self._prefix_cache(ids, messages[:static_messages])
+
     # -- generation ------------------------------------------------------------------------------
 
     def count_tokens(self, text: str) -> int:
@@ -233,12 +240,8 @@ class LocalLLM:
         The first ``static_messages`` messages are the same on every turn: their KV cache is
         computed once and reused, so only the rest of the prompt is processed per turn.
         """
-        from transformers import (
-            LogitsProcessorList,
-            RepetitionPenaltyLogitsProcessor,
-            StoppingCriteriaList,
-            TextStreamer,
-        )
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
 
         stats = stats if stats is not None else {}
         ids = self.encode_chat(messages).to(self.device)
@@ -249,22 +252,43 @@ class LocalLLM:
         after_cancel = [0]  # tokens produced after the cancel flag was set (at most one step's)
         t0 = time.perf_counter()
 
-        class _Streamer(TextStreamer):
+        tok = self.tokenizer
+
+        class _Streamer(BaseStreamer):
+            """Sends text token by token (not word by word: the first delta should leave with the
+            first token). Text is decoded from all generated ids so far and the new suffix is
+            sent, except while it ends in an incomplete UTF-8 sequence."""
+
+            def __init__(self) -> None:
+                self.prompt_seen = False
+                self.ids: list[int] = []
+                self.sent = 0
+
             def put(self, value: torch.Tensor) -> None:
-                if not first and self.next_tokens_are_prompt is False:
+                if not self.prompt_seen:  # generate() first passes the prompt
+                    self.prompt_seen = True
+                    return
+                if not first:
                     first.append(time.perf_counter())
-                if self.next_tokens_are_prompt is False:
-                    n_tokens[0] += int(value.numel())
-                    if cancel.is_set():
-                        after_cancel[0] += int(value.numel())
-                super().put(value)
+                new = value.reshape(-1).tolist()
+                n_tokens[0] += len(new)
+                if cancel.is_set():
+                    after_cancel[0] += len(new)
+                self.ids.extend(int(i) for i in new)
+                text = tok.decode(self.ids, skip_special_tokens=True)
+                if len(text) > self.sent and not text.endswith("\ufffd"):
+                    piece, self.sent = text[self.sent:], len(text)
+                    pieces.append(piece)
+                    on_text(piece)
 
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if text:
-                    pieces.append(text)
-                    on_text(text)
+            def end(self) -> None:
+                text = tok.decode(self.ids, skip_special_tokens=True)
+                if len(text) > self.sent:
+                    piece, self.sent = text[self.sent:], len(text)
+                    pieces.append(piece)
+                    on_text(piece)
 
-        streamer = _Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = _Streamer()
         cfg = self.config
         gen_kwargs: dict[str, Any] = {
             "max_new_tokens": cfg.max_new_tokens,
@@ -316,6 +340,9 @@ class LocalResponder:
 
     def warmup(self) -> None:
         self.llm.load()
+
+    def prime(self, prompt: Prompt) -> None:
+        self.llm.prime(prompt.messages, prompt.static_messages)
 
     def stream(self, request: ResponderRequest, cancel: CancelToken) -> AsyncIterator[Chunk]:
         def target(emit: Callable[[Any], None]) -> None:
