@@ -1,17 +1,33 @@
-"""Device choice and once-per-process lazy model loading shared by the encoders."""
+"""What the encoders share: their small interface, device choice, once-per-process loading."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import torch
 
 from .errors import MMAgentError, ModelLoadError
 
 T = TypeVar("T")
+InT = TypeVar("InT", contravariant=True)
+OutT = TypeVar("OutT", covariant=True)
+
+
+@runtime_checkable
+class Encoder(Protocol[InT, OutT]):
+    """The interface the facade uses for each modality (TextEncoder, SpeechEncoder, VisionEncoder).
+
+    ``encode`` takes validated input (a batch of texts, one 16 kHz utterance, a batch of decoded
+    frames); ``dim`` is the embedding size; ``identity`` a stable name checkpoints can record.
+    """
+
+    dim: int
+    identity: str
+
+    def encode(self, inputs: InT) -> OutT: ...
 
 
 def resolve_device(name: str) -> torch.device:

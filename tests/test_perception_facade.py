@@ -15,7 +15,7 @@ from PIL import Image
 from skimage import data
 
 from perception import FACE_FEATURES, PROSODY_FEATURES, Perception, PerceptionConfig
-from perception.runtime import Lazy
+from perception.runtime import Encoder, Lazy
 from tests.conftest import REPO_ROOT, synth_speech
 
 
@@ -43,6 +43,16 @@ def test_feature_dims_match_vectors(perception: Perception) -> None:
     assert perception._encoder_dims() == {"text": perception._text.get().dim,
                                           "speech": perception._speech.get().dim,
                                           "vision": perception._vision.get().dim}
+
+
+def test_encoders_share_one_interface(perception: Perception) -> None:
+    """Each modality's encoder has the same small interface: dim, identity, encode()."""
+    perception.warmup()
+    ids = perception.identities()
+    for name, lazy in (("text", perception._text), ("speech", perception._speech), ("vision", perception._vision)):
+        enc = lazy.get()
+        assert isinstance(enc, Encoder)
+        assert enc.identity == ids[name]
 
 
 def test_equal_settings_share_models(perception: Perception) -> None:
