@@ -2,8 +2,9 @@
 
 Sizes are checked from the header before any pixel is decoded (PIL's ``Image.open`` reads only
 the header), so a 20000×20000 image is refused without allocating its 1.2 GB of pixels.
-Truncated files raise :class:`InvalidImageError`: this module relies on PIL's default
-``ImageFile.LOAD_TRUNCATED_IMAGES = False`` and never changes it. PIL's own decompression-bomb
+Truncated files raise :class:`InvalidImageError`, from PIL (its default
+``ImageFile.LOAD_TRUNCATED_IMAGES = False``, which this module never changes) and from a check
+of the JPEG/PNG end marker that holds even if other code changed that flag. PIL's own decompression-bomb
 guard (``Image.MAX_IMAGE_PIXELS``) is left at its default, so it still protects other code in the
 process; it refuses at open above ~179 Mpx, which caps ``Limits.max_image_pixels`` in effect.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 
 from .config import Limits, PerceptionConfig
 from .errors import ImageTooLargeError, InvalidImageError
@@ -44,6 +45,16 @@ class DecodedImage:
         return self.rgb.shape[1] / self.width
 
 
+def _missing_end_marker(data: bytes, fmt: str | None) -> bool:
+    """True when a JPEG lacks its EOI marker or a PNG its IEND chunk near the end of the data."""
+    tail = data[-4096:]
+    if fmt == "JPEG":
+        return b"\xff\xd9" not in tail
+    if fmt == "PNG":
+        return b"IEND" not in tail
+    return False
+
+
 def check_size(width: int, height: int, limits: Limits, index: int) -> None:
     if width <= 0 or height <= 0:
         raise InvalidImageError(f"image #{index} has an empty size {width}x{height}")
@@ -63,7 +74,6 @@ def _from_bytes(data: bytes, config: PerceptionConfig, index: int, min_side: int
     if len(data) > limits.max_image_bytes:
         raise ImageTooLargeError(f"image #{index} is {len(data):,} bytes, over the limit "
                                  f"max_image_bytes={limits.max_image_bytes:,}")
-    assert not ImageFile.LOAD_TRUNCATED_IMAGES, "someone enabled PIL's LOAD_TRUNCATED_IMAGES"
     try:
         with warnings.catch_warnings():
             # Our own limit (checked next) decides; PIL's warning tier would only add noise.
@@ -81,6 +91,11 @@ def _from_bytes(data: bytes, config: PerceptionConfig, index: int, min_side: int
         raise InvalidImageError(f"image #{index} is {im.format}, expected one of {', '.join(ACCEPTED_FORMATS)}")
     width, height = im.size
     check_size(width, height, limits, index)
+    if _missing_end_marker(data, im.format):
+        # Checked here as well as by PIL: other code in the process may have set PIL's
+        # ImageFile.LOAD_TRUNCATED_IMAGES, which makes PIL fill a cut-off image with grey.
+        raise InvalidImageError(f"image #{index} ({im.format}, {width}x{height}) is truncated: "
+                                f"no end-of-image marker")
     if im.format == "JPEG":
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the frame is far larger than needed.
         im.draft("RGB", (min_side, min_side))

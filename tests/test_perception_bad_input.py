@@ -145,6 +145,18 @@ def test_truncated_jpeg(perception: Perception) -> None:
         perception.encode_frames([full, full[: len(full) // 2]])
 
 
+def test_truncated_image_even_if_pil_allows_it(perception: Perception, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Truncated JPEG and PNG are refused even when other code enabled LOAD_TRUNCATED_IMAGES."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    png = io.BytesIO()
+    Image.fromarray(data.coffee()).save(png, "PNG")
+    for blob in (_jpeg(data.chelsea()), png.getvalue()):
+        with pytest.raises(InvalidImageError, match="truncated"):
+            perception.encode_frames([blob[: len(blob) * 2 // 3]])
+
+
 def test_huge_image_rejected_from_header(perception: Perception) -> None:
     """A 20000×20000 image is refused from its header, with the pixel limit in the message."""
     with pytest.raises(ImageTooLargeError, match=r"400,000,000 pixels, over the limit max_image_pixels=40,000,000") as err:
