@@ -195,6 +195,39 @@ async def _stream(c: RealtimeClient, pcm: np.ndarray, step: int) -> None:
         await asyncio.sleep(max(0.0, t1 + (i + 1) * CHUNK_S - time.perf_counter()))
 
 
+def scrape(ws_url: str) -> dict[str, float]:
+    """The server's /metrics as {series: value}."""
+    import urllib.request
+
+    http = "http" + ws_url[2:].rsplit("/v1/realtime", 1)[0] + "/metrics"
+    out: dict[str, float] = {}
+    for line in urllib.request.urlopen(http, timeout=10).read().decode().splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def stage_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Mean ms per stage and mean batch size per model during one run."""
+    out: dict[str, Any] = {}
+    for key, value in after.items():
+        m = re.match(r'mmagent_stage_seconds_sum\{stage="([a-z_]+)"\}', key)
+        if m:
+            count_key = key.replace("_sum", "_count")
+            n = after.get(count_key, 0) - before.get(count_key, 0)
+            if n:
+                out[f"{m.group(1)}_mean_ms"] = round(1000 * (value - before.get(key, 0)) / n, 1)
+        m = re.match(r'mmagent_batch_size_sum\{model="([a-z]+)"\}', key)
+        if m:
+            count_key = key.replace("_sum", "_count")
+            n = after.get(count_key, 0) - before.get(count_key, 0)
+            if n:
+                out[f"{m.group(1)}_mean_batch"] = round((value - before.get(key, 0)) / n, 2)
+                out[f"{m.group(1)}_forward_passes"] = int(n)
+    return out
+
+
 def pct(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)) * 1000, 1) if xs else None
 
@@ -222,7 +255,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--turns", type=int, default=2, help="turns per client (alternating spoken / typed)")
-    ap.add_argument("--max-new-tokens", type=int, default=32, help="reply length cap of the local LLM")
+    ap.add_argument("--max-new-tokens", type=int, default=24, help="reply length cap of the local LLM")
     ap.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"], help="micro-batching")
     ap.add_argument("--out", default=str(REPO / "artifacts" / "bench_server.json"))
     args = ap.parse_args()
@@ -234,20 +267,26 @@ def main() -> int:
                                           "cpu_count": os.cpu_count(), "machine": os.uname().machine},
                                "runs": {}}
     state = tempfile.mkdtemp(prefix="mmagent-bench-")
-    for mode in args.modes:
-        print(f"== micro-batching {mode}: starting the server", flush=True)
-        srv = ServerProcess(mode == "on", args.max_new_tokens, state)
-        runs = []
-        try:
-            for n in args.n:
+    # Both servers stay up and the modes alternate for each N, so that load from other jobs on a
+    # shared machine falls on both alike.
+    servers: dict[str, ServerProcess] = {}
+    try:
+        for mode in args.modes:
+            print(f"== micro-batching {mode}: starting the server", flush=True)
+            servers[mode] = ServerProcess(mode == "on", args.max_new_tokens, state)
+        for n in args.n:
+            for mode, srv in servers.items():
+                before = scrape(srv.ws_url)
                 srv.sample_rss()
                 r = asyncio.run(run_load(srv.ws_url, n, args.turns, voices, jpegs))
                 r["server_peak_rss_mb"] = round(srv.stop_sampling() / 2**20, 1)
+                r["batching"] = mode
+                r["server_stages"] = stage_deltas(before, scrape(srv.ws_url))
                 print(json.dumps(r), flush=True)
-                runs.append(r)
-        finally:
+                results["runs"].setdefault(mode, []).append(r)
+    finally:
+        for srv in servers.values():
             srv.stop()
-        results["runs"][mode] = runs
     if "on" in results["runs"] and "off" in results["runs"]:
         ratios = []
         for on, off in zip(results["runs"]["on"], results["runs"]["off"], strict=True):
@@ -271,13 +310,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def print_table(results: dict[str, Any]) -> None:
     print("\n| batching | N | speech→1st delta p50 / p95 ms | text→1st delta p50 / p95 ms | turns/min | errors | "
-          "server peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+          "server peak RSS MB | frames: passes, mean batch, ms/pass |")
+    print("|---|---|---|---|---|---|---|---|")
     for mode, runs in results["runs"].items():
         for r in runs:
             s, t = r["speech_first_delta_ms"], r["text_first_delta_ms"]
+            st = r.get("server_stages", {})
+            fr = f"{st.get('frames_forward_passes')}, {st.get('frames_mean_batch')}, {st.get('frames_batch_mean_ms')}"
             print(f"| {mode} | {r['n']} | {s['p50']} / {s['p95']} | {t['p50']} / {t['p95']} | {r['turns_per_min']} | "
-                  f"{r['errors']} | {r['server_peak_rss_mb']} |")
+                  f"{r['errors']} | {r['server_peak_rss_mb']} | {fr} |")
     for r in results.get("batching_ratio", []):
         print(f"N={r['n']}: turns/min on/off = {r['turns_per_min_on_over_off']}, text p50 off/on = "
               f"{r['text_p50_off_over_on']}, speech p50 off/on = {r['speech_p50_off_over_on']}")
