@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,6 +15,15 @@ from fusion.registry import VARIANTS, build_model
 from perception.errors import ConfigError
 
 DIMS = {"text": 8, "speech": 6, "vision": 10}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (and a shared CPU punishes spinning OpenMP threads)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 MODS = ("text", "speech", "vision", "context")
 SUBSETS = [s for r in range(len(MODS) + 1) for s in itertools.combinations(MODS, r)]
 
@@ -163,7 +173,7 @@ def test_attention_learns_complementary_toy_task() -> None:
     from fusion.train import TrainConfig, train_model
 
     g = torch.Generator().manual_seed(0)
-    N = 600
+    N = 500
     a = torch.randint(0, 3, (N,), generator=g)  # what the text says
     b = torch.randint(0, 3, (N,), generator=g)  # what the camera shows
     intent = (a * 3 + b) % 9
@@ -173,9 +183,9 @@ def test_attention_learns_complementary_toy_task() -> None:
              "vision": protos["vision"][b] + 0.3 * torch.randn(N, 10, generator=g)}
     table = FeatureTable(ids=[str(i) for i in range(N)], feats=feats, present=torch.ones(N, 3, dtype=torch.bool),
                          intent=intent, emotion=a % 3, addressee=(b > 0).float(), dims=dict(DIMS), encoders={})
-    tr, va = table.subset(list(range(500))), table.subset(list(range(500, N)))
+    tr, va = table.subset(list(range(400))), table.subset(list(range(400, N)))
     cfg = FusionConfig(input_dims=dict(DIMS), d_model=32, n_heads=2, modality_dropout=0.1)
-    model, _ = train_model(cfg, tr, va, TrainConfig(epochs=40, patience=40, lr=3e-3))
+    model, _ = train_model(cfg, tr, va, TrainConfig(epochs=30, patience=30, lr=3e-3))
     from fusion.evaluate import evaluate_table
 
     m = evaluate_table(model, va)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,15 +43,28 @@ def test_short_training_beats_chance(kiosk: Path, perception: object, cache_dir:
                                  cache=cache, strict=True) for s in ("train", "val", "test")}
     assert tables["train"].present[:, 1].any(), "some turns are spoken"
     cfg = FusionConfig(input_dims=tables["train"].dims, d_model=64)
-    model, info = train_model(cfg, tables["train"], tables["val"], TrainConfig(epochs=60, patience=20))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model trains fastest on one thread
+    try:
+        model, info = train_model(cfg, tables["train"], tables["val"], TrainConfig(epochs=60, patience=20))
+    finally:
+        torch.set_num_threads(threads)
     m = evaluate_table(model, tables["test"])
     assert m["intent_acc"] > 3 / 9, m          # chance is 1/9
     assert m["addressee_acc"] > 0.6, m
     assert info["epochs_run"] >= 1
 
 
+@pytest.fixture
+def restore_threads() -> Iterator[None]:
+    """The CLI pins torch to one thread (its default); give the rest of the session its own."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def test_cli_train_and_eval(kiosk: Path, perception: object, cache_dir: Path, tmp_path: Path,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+                            monkeypatch: pytest.MonkeyPatch, restore_threads: None) -> None:
     """`mmagent train` writes a checkpoint with encoder identities; `mmagent eval` scores it."""
     import fusion.cli
     from fusion.checkpoint import load_checkpoint
