@@ -48,17 +48,18 @@ WHISPER_WIDTHS = {"tiny": 384, "base": 512, "small": 768, "medium": 1024, "large
 DEFAULT_SPEECH_NAME = "whisper-tiny.en"
 
 
-def _size_name(model: str) -> str | None:
-    stem = Path(model).name.lower().replace("faster-", "").replace("whisper-", "")
-    return next((size for size in WHISPER_WIDTHS if stem.startswith(size)), None)
-
-
 def speech_dim(config: PerceptionConfig) -> int | None:
-    """Encoder width without loading weights where the model name tells it; else None."""
+    """Encoder width without loading weights, where it is certain; else None (load and ask).
+
+    Certain: the embedded default, and openai-whisper's official model names ("base.en").
+    A file or directory may hold anything (a fine-tune, a distilled model), so it is not guessed.
+    """
     if config.speech_model is None:
         return WHISPER_WIDTHS["tiny"]
-    size = _size_name(config.speech_model)
-    return WHISPER_WIDTHS[size] if size else None
+    if config.speech_backend == "openai-whisper" and not Path(config.speech_model).exists():
+        size = config.speech_model.split(".")[0].split("-")[0]
+        return WHISPER_WIDTHS.get(size)
+    return None
 
 
 def speech_identity(config: PerceptionConfig, dim: int) -> str:

@@ -230,6 +230,7 @@ def tiny_whisper_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_openai_whisper_backend(tiny_whisper_checkpoint: Path) -> None:
     """The openai-whisper backend runs the real code path on a tiny random model: shapes and types."""
     p = Perception(PerceptionConfig(speech_backend="openai-whisper", speech_model=str(tiny_whisper_checkpoint)))
+    assert p.feature_dims()["speech"] == 64 + 8       # read from the checkpoint, not guessed from its name
     audio = _speak("Where can I find the batteries?")
     enc = p.encode_speech(audio, 16000)
     assert isinstance(enc.transcript, str)          # random weights: any text, but a string
