@@ -20,6 +20,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,8 +124,10 @@ class Agent:
         self.store = store
         self.retriever = retriever
         self.policy = Policy(pack, config.policy)
-        self._sessions: dict[str, Session] = {}
+        # Sessions in memory, least recently opened first; older ones are reloaded from the store.
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._sessions_lock = threading.Lock()
+        self.max_sessions_in_memory = 1000
 
     @classmethod
     def from_config(cls, config: AgentConfig | None = None, *, perception: Any, fusion: Any | None = None,
@@ -169,6 +172,7 @@ class Agent:
 
         with self._sessions_lock:
             if session_id and session_id in self._sessions:
+                self._sessions.move_to_end(session_id)
                 return self._sessions[session_id]
         if session_id and self.store is not None:
             try:
@@ -187,6 +191,8 @@ class Agent:
             session = Session(session_id or new_session_id())
         with self._sessions_lock:
             self._sessions[session.id] = session
+            while len(self._sessions) > self.max_sessions_in_memory and self.store is not None:
+                self._sessions.popitem(last=False)
         return session
 
     def forget_session(self, session_id: str) -> None:

@@ -271,3 +271,26 @@ def test_extractive_responder_quotes_the_best_entry(perception: Any, tmp_path: P
     assert events[-1].turn_id and events[-1].timings["total"] > 0
     events = run_turn(agent, agent.open_session(), typed(agent, "what is the meaning of life?"))
     assert events[-1].text == agent.pack.messages["no_information"]
+
+
+def test_closing_the_stream_early_stores_a_cancelled_turn(rig: Any) -> None:
+    """A consumer that stops iterating (client gone) leaves the turn stored as cancelled."""
+    agent, fusion, _ = rig
+    session = agent.open_session()
+    fusion.queue.append(fused("other"))
+    perceived = typed(agent, "where is the service desk?")
+
+    async def go() -> None:
+        agen = agent.respond(session, perceived)
+        async for ev in agen:
+            if ev.type == "text.delta":
+                break
+        await agen.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+    assert agent.store is not None
+    stored = agent.store.load_session(session.id).turns
+    assert [t.status for t in stored] == ["cancelled"] and stored[0].reply == "Sure, "
+    # resuming by id after a "restart" (a fresh agent on the same store) gives the history back
+    agent.forget_session(session.id)
+    assert agent.open_session(session.id).turns[0].turn_id == stored[0].turn_id
