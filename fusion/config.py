@@ -28,7 +28,7 @@ class FusionConfig:
     n_heads: int = 4
     ff_mult: int = 2
     dropout: float = 0.1
-    modality_dropout: float = 0.3   # training only: chance to drop each present modality
+    modality_dropout: float = 0.5   # training only: chance to drop each present modality (0.5 chosen on val)
     context_prob: float = 0.3       # training only: chance a sample gets a context token
     use_context: bool = True
     pool_skip: bool = True          # attention: add the attention-pooled modality tokens to the query state
