@@ -11,6 +11,7 @@ Backends, selected by ``PerceptionConfig.vision_backend``:
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import Protocol
@@ -188,10 +189,19 @@ class VisionEncoder:
         self.dim = self.backend.dim
         self.identity = vision_identity(config, self.dim)
         self.faces = FaceDetector(config) if config.face_detection else None
+        # Faces are found on a worker thread while the network runs: OpenCV and torch both
+        # release the GIL, so on a GPU the two overlap fully, and on a CPU partly.
+        self._face_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perception-faces")
+
+    def _detect_all(self, images: list[DecodedImage]) -> list[Faces]:
+        assert self.faces is not None
+        return [self.faces.detect(im) for im in images]
 
     def encode(self, images: list[DecodedImage]) -> list[FrameEncoding]:
-        """One forward pass for the whole batch; faces per image."""
+        """One forward pass for the whole batch; faces per image, found meanwhile."""
+        pending = self._face_pool.submit(self._detect_all, images) if self.faces else None
         feats, probs, names = self.backend.embed([im.rgb for im in images])
+        faces = pending.result() if pending else [Faces(count=0) for _ in images]
         feats = feats.float()  # fp16 on CUDA: hand out float32 like the other encoders
         assert feats.shape == (len(images), self.dim), feats.shape
         k = min(self.config.top_k, probs.shape[-1])
@@ -200,7 +210,6 @@ class VisionEncoder:
         out = []
         for n, im in enumerate(images):
             labels = [Label(index=int(i), name=names[i], score=float(p)) for p, i in zip(top_p[n], top_i[n], strict=True)]
-            faces = self.faces.detect(im) if self.faces else Faces(count=0)
-            out.append(FrameEncoding(embedding=feats[n], labels=labels, faces=faces,
+            out.append(FrameEncoding(embedding=feats[n], labels=labels, faces=faces[n],
                                      width=im.width, height=im.height))
         return out

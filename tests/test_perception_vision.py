@@ -182,3 +182,10 @@ def test_clip_backend_tiny_random(tmp_path: Path, kind: str) -> None:
     assert p.feature_dims()["vision"] == dim + 5
     assert p._vision.get().backend.sigmoid is (kind == "siglip")
     assert p.identities()["vision"].startswith("vision:clip:")
+
+
+def test_face_detection_can_be_off() -> None:
+    """With face_detection=False frames still get labels, and no faces are reported."""
+    p = Perception(PerceptionConfig(face_detection=False))
+    enc = p.encode_frames([data.astronaut()])[0]
+    assert enc.faces.count == 0 and enc.faces.boxes == [] and len(enc.labels) == 5
