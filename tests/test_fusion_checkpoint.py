@@ -118,3 +118,15 @@ def test_default_checkpoint_loads_and_is_small() -> None:
                       ModalityInputs(context=torch.zeros(fp.d_model))])
     assert set(out[0].modality_weights) == {"text", "vision"}
     assert out[1].intent in fp.config.intents
+
+
+def test_docstring_examples_run() -> None:
+    """The usage examples in the fusion package's docstrings run as written."""
+    import doctest
+
+    import fusion
+    import fusion.predictor
+
+    for mod in (fusion, fusion.predictor):
+        res = doctest.testmod(mod, extraglobs={"torch": torch})
+        assert res.failed == 0 and res.attempted > 0, mod.__name__
