@@ -195,9 +195,20 @@ def _bench_task(job: tuple[FusionConfig, TrainConfig, FeatureTable, FeatureTable
 def _write(stem: Path, results: dict[str, Any], meta: dict[str, Any]) -> None:
     md = markdown_table(results)
     print(md)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    stem.with_suffix(".json").write_text(json.dumps(_no_nan({"meta": meta, "results": results}), indent=1))
     stem.with_suffix(".md").write_text(md + "\n")
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
+
+
+def _no_nan(x: Any) -> Any:
+    """NaN (a metric with no labelled turn) -> null, so the JSON is standard."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_no_nan(v) for v in x]
+    return x
 
 
 def _print_targets(results: dict[str, dict[str, dict[str, Any]]]) -> None:
