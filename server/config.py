@@ -52,6 +52,8 @@ class VadConfig:
     silence_duration_ms: int = 500
     create_response: bool = True
     interrupt_response: bool = True   # barge-in
+    speculative_ms: int = 200         # start transcribing after this much silence (0 = off); the
+                                      # result is used if the turn then ends with no more speech
 
 
 @dataclass

@@ -22,7 +22,7 @@ from perception.errors import MMAgentError
 from server import protocol as P
 from server.errors import ProtocolError
 from server.limits import ErrorBudget, TokenBucket
-from server.vad import SpeechStarted, SpeechStopped, StreamingVad
+from server.vad import SpeechPaused, SpeechStarted, SpeechStopped, StreamingVad
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -108,6 +108,7 @@ class Session:
         self._turn_lock = asyncio.Lock()
         self._last_presence = 0.0
         self._presence_task: asyncio.Task[Any] | None = None
+        self._speculation: tuple[int, asyncio.Task[Any]] | None = None   # (pause token, transcription)
         self.after_created: list[dict[str, Any]] = []   # events sent right after session.created
         self.closed = False
         self.fatal: BaseException | None = None
@@ -243,12 +244,14 @@ class Session:
             self.vad = None
             return
         self.vad = StreamingVad(self.settings.rate, threshold=td.threshold, prefix_padding_ms=td.prefix_padding_ms,
-                                silence_duration_ms=td.silence_duration_ms, backend=self.server.config.vad.backend)
+                                silence_duration_ms=td.silence_duration_ms, backend=self.server.config.vad.backend,
+                                speculative_ms=self.server.config.vad.speculative_ms)
 
     def _audio_pending(self) -> bool:
         return self.manual_len > 0 or (self.vad is not None and self.vad.speaking)
 
     def _clear_audio(self) -> None:
+        self._take_speculation(None)
         self.manual_audio, self.manual_len = [], 0
         if self.vad is not None:
             self.vad.clear()
@@ -292,8 +295,26 @@ class Session:
         for e in events:
             if isinstance(e, SpeechStarted):
                 await self._speech_started(e.audio_start_ms)
+            elif isinstance(e, SpeechPaused):
+                self._take_speculation(None)   # speech resumed after an earlier pause: that one is stale
+                task = self._spawn(self.server.engine.encode_speech(e.audio, self.settings.rate), name="speculate")
+                self._speculation = (e.token, task)
             elif isinstance(e, SpeechStopped):
-                await self._speech_stopped(e.audio_end_ms, e.audio)
+                await self._speech_stopped(e.audio_end_ms, e.audio, e.paused_token)
+
+    def _drop_speculation(self) -> asyncio.Task[Any] | None:
+        """Forget the speculative transcription; return it (not cancelled) for the caller to use."""
+        spec, self._speculation = self._speculation, None
+        return spec[1] if spec is not None else None
+
+    def _take_speculation(self, token: int | None) -> asyncio.Task[Any] | None:
+        """The speculative transcription of pause ``token`` if it is the one running; cancel others."""
+        spec = self._speculation
+        task = self._drop_speculation()
+        if task is not None and (token is None or spec is None or spec[0] != token):
+            task.cancel()
+            return None
+        return task
 
     async def _speech_started(self, start_ms: int) -> None:
         self.speech_item_id = P.new_id("item")
@@ -306,12 +327,13 @@ class Session:
                 self.agent_session.mark_barge_in()   # the stored turn records the interruption
             self._cancel_response("turn_detected")
 
-    async def _speech_stopped(self, end_ms: int, audio: np.ndarray) -> None:
+    async def _speech_stopped(self, end_ms: int, audio: np.ndarray, paused_token: int | None) -> None:
         item_id = self.speech_item_id or P.new_id("item")
         self.speech_item_id = None
         await self.send(P.event("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=item_id))
         td = self.settings.turn_detection
-        await self._commit_audio(item_id, audio, respond=td is None or td.create_response)
+        await self._commit_audio(item_id, audio, respond=td is None or td.create_response,
+                                 speculation=self._take_speculation(paused_token))
 
     async def on_commit(self, eid: str | None) -> None:
         if self.vad is not None:
@@ -320,6 +342,7 @@ class Session:
                 raise ProtocolError("input_audio_buffer_commit_empty", "no speech is buffered", event_id=eid)
             item_id = self.speech_item_id or P.new_id("item")
             self.speech_item_id = None
+            self._take_speculation(None)
             td = self.settings.turn_detection
             await self._commit_audio(item_id, stopped.audio, respond=td is None or td.create_response)
             return
@@ -329,22 +352,27 @@ class Session:
         self.manual_audio, self.manual_len = [], 0
         await self._commit_audio(P.new_id("item"), audio, respond=True)
 
-    async def _commit_audio(self, item_id: str, audio: np.ndarray, *, respond: bool) -> None:
+    async def _commit_audio(self, item_id: str, audio: np.ndarray, *, respond: bool,
+                            speculation: asyncio.Task[Any] | None = None) -> None:
         prev, self.last_item_id = self.last_item_id, item_id
         await self.send(P.event("input_audio_buffer.committed", previous_item_id=prev, item_id=item_id))
         await self.send(P.event("conversation.item.added", previous_item_id=prev, item={
             "id": item_id, "object": "realtime.item", "type": "message", "role": "user", "status": "completed",
             "content": [{"type": "input_audio", "transcript": None}]}))
-        speech = self._spawn(self._transcribe(item_id, audio), name="transcribe")
+        speech = self._spawn(self._transcribe(item_id, audio, speculation), name="transcribe")
         self.pending.speech = speech
         self.pending.item_id = item_id
         if respond:
             self._start_response(None, None)
 
-    async def _transcribe(self, item_id: str, audio: np.ndarray) -> Any:
+    async def _transcribe(self, item_id: str, audio: np.ndarray, speculation: asyncio.Task[Any] | None = None) -> Any:
         t0 = time.perf_counter()
         try:
-            enc = await self.server.engine.encode_speech(audio, self.settings.rate)
+            if speculation is not None:
+                # Started during the last silence_duration_ms; the audio since then is silence.
+                enc = await speculation
+            else:
+                enc = await self.server.engine.encode_speech(audio, self.settings.rate)
         except MMAgentError as exc:
             await self.send_error(exc.code, str(exc), param="audio")
             raise

@@ -37,9 +37,20 @@ class SpeechStarted:
 class SpeechStopped:
     audio_end_ms: int
     audio: np.ndarray             # int16 (n,) at the session rate, prefix padding included
+    paused_token: int | None = None   # the SpeechPaused of this final silence, if one was sent
 
 
-VadEvent = SpeechStarted | SpeechStopped
+@dataclass(frozen=True)
+class SpeechPaused:
+    """``speculative_ms`` of silence inside speech: the turn may be ending. Transcribing ``audio``
+    now (while the rest of ``silence_duration_ms`` elapses) hides the transcription time; if the
+    turn does end, its SpeechStopped has ``paused_token == token`` and only silence was added."""
+
+    token: int
+    audio: np.ndarray
+
+
+VadEvent = SpeechStarted | SpeechStopped | SpeechPaused
 
 
 class _Silero:
@@ -82,8 +93,11 @@ class StreamingVad:
     """Feed PCM16 chunks; get SpeechStarted / SpeechStopped events with the utterance audio."""
 
     def __init__(self, sample_rate: int, *, threshold: float = 0.5, prefix_padding_ms: int = 300,
-                 silence_duration_ms: int = 500, backend: str = "silero") -> None:
+                 silence_duration_ms: int = 500, backend: str = "silero", speculative_ms: int = 0) -> None:
         self.rate = sample_rate
+        self.speculative_ms = speculative_ms if 0 < speculative_ms < silence_duration_ms else 0
+        self._pause_token = 0
+        self._paused: int | None = None   # token of the SpeechPaused sent in the current silence run
         self.threshold, self.silence_ms, self.backend = threshold, silence_duration_ms, backend
         self._model = _silero() if backend == "silero" else None
         self._resampler = None
@@ -156,23 +170,31 @@ class StreamingVad:
                 return SpeechStarted(self._start_ms)
             return None
         self._silence_ms = self._silence_ms + WINDOW_MS if p < self.threshold - HYSTERESIS else 0.0
+        if self._silence_ms == 0.0:
+            self._paused = None
         if self._silence_ms >= self.silence_ms:
             return self._stop(int(end_ms))
+        if self.speculative_ms and self._paused is None and self._silence_ms >= self.speculative_ms:
+            self._pause_token += 1
+            self._paused = self._pause_token
+            return SpeechPaused(self._pause_token, np.concatenate(self._speech))
         return None
 
     def _stop(self, end_ms: int) -> SpeechStopped:
         audio = np.concatenate(self._speech) if self._speech else np.zeros(0, np.int16)
+        paused, self._paused = self._paused, None
         self.speaking = False
         self._speech, self._speech_len = [], 0
         self._run_ms = 0.0
         self._state = [np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32)]
-        return SpeechStopped(end_ms, audio)
+        return SpeechStopped(end_ms, audio, paused)
 
     def flush(self) -> SpeechStopped | None:
         """End the current utterance now (client commit); None when not in speech."""
         if not self.speaking:
             return None
-        return self._stop(int(self._received * 1000 / self.rate))
+        stopped = self._stop(int(self._received * 1000 / self.rate))
+        return SpeechStopped(stopped.audio_end_ms, stopped.audio, None)   # audio may differ from the pause's
 
     def clear(self) -> None:
         """Drop buffered audio and any utterance in progress."""
@@ -180,4 +202,5 @@ class StreamingVad:
         self._prefix.clear()
         self._prefix_len = 0
         self.speaking = False
+        self._paused = None
         self._run_ms = self._silence_ms = 0.0

@@ -189,3 +189,22 @@ def test_vad_finds_one_utterance(backend: str) -> None:
     speech_s = len(x) / sr
     assert abs(len(stop.audio) / 24000 - speech_s) < 1.2
     assert stop.audio_end_ms > start.audio_start_ms + 1000
+
+
+def test_vad_speculative_pause_precedes_stop() -> None:
+    """With speculative_ms, a SpeechPaused (audio so far) comes before the SpeechStopped that names it."""
+    from server.vad import SpeechPaused, SpeechStarted, SpeechStopped, StreamingVad
+
+    x, _ = synth_speech("Where can I find the batteries?", sample_rate=16000)
+    pcm = (np.concatenate([np.zeros(8000), x, np.zeros(16000)]) * 32767).astype(np.int16)
+    vad = StreamingVad(16000, backend="silero", silence_duration_ms=500, speculative_ms=200)
+    events = []
+    for i in range(0, len(pcm), 320):
+        events += vad.process(pcm[i:i + 320])
+    kinds = [type(e) for e in events]
+    assert kinds[0] is SpeechStarted and kinds[-1] is SpeechStopped and SpeechPaused in kinds
+    pauses = [e for e in events if isinstance(e, SpeechPaused)]
+    stop = events[-1]
+    assert stop.paused_token == pauses[-1].token
+    assert np.array_equal(stop.audio[:len(pauses[-1].audio)], pauses[-1].audio)
+    assert len(stop.audio) - len(pauses[-1].audio) <= 16000 * 0.4   # only the rest of the silence
