@@ -49,6 +49,8 @@ class LocalLLMConfig:
     repetition_penalty: float = 1.15             # on generated tokens only (not the prompt's)
     context_tokens: int = 2048              # the model's context window (prompt + reply must fit)
     threads: int | None = None              # torch CPU threads; None = leave torch's default
+    batching: bool = True                   # continuous batching of concurrent replies (False = one at a time)
+    max_batch: int = 16                     # most replies decoded together in one forward pass
 
     def validate(self) -> LocalLLMConfig:
         if self.max_new_tokens < 1 or self.max_new_tokens > 4096:
@@ -63,6 +65,8 @@ class LocalLLMConfig:
             raise ConfigError(f"responder.local.dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
         if self.context_tokens < 256:
             raise ConfigError(f"responder.local.context_tokens must be >= 256, got {self.context_tokens}")
+        if self.max_batch < 1:
+            raise ConfigError(f"responder.local.max_batch must be >= 1, got {self.max_batch}")
         return self
 
 

@@ -1,6 +1,7 @@
 """Agent benchmark: first token and tokens/s of the local language model, retrieval and prompt time.
 
     python bench/agent.py [OUT.json] [--runs 2] [--gpu-model PATH_OR_HUB_ID]
+    python bench/agent.py --concurrency 1,4,8 [--runs 1] [--max-new-tokens 48] [OUT.json]
 
 Prints a table and writes JSON (default ``artifacts/bench_agent.json``).
 
@@ -12,6 +13,13 @@ Prints a table and writes JSON (default ``artifacts/bench_agent.json``).
 - ``first_delta_after_fusion``: through ``Agent.respond``: from the fused turn to the first text
   delta a client receives (retrieval + prompt + first token + detokenising the first word).
 - ``tokens_per_s``: decoding rate after the first token.
+
+``--concurrency``: only the concurrent-replies benchmark (default output
+``artifacts/bench_agent_concurrency.json``): for each N, N replies (the demo questions, real
+prompts, static prefix cached) start together, batched (``responder.local.batching``, continuous
+batching) and serialized (the old one-``generate``-at-a-time path), in one run. Reported: time to
+first token from the request (queue wait + prefill + first step) p50/p95 over all replies, and
+aggregate tokens/s (all generated tokens / wall time of the round).
 
 Medians over the prompts × runs. Target on the 2-core CPU: first token ≤ 400 ms after fusion
 (warm model, prompt ≤ 600 tokens). The load average is recorded: other work on the machine skews
@@ -121,10 +129,85 @@ def bench_agent_turns(agent: Any, runs: int) -> dict[str, Any]:
             "turn_total_ms": _median(totals), "n": len(first)}
 
 
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))], 3)
+
+
+def _concurrent_round(llm: Any, prompts: list[Any], n: int, r: int) -> tuple[list[float], float, float]:
+    """n replies started together: (times to first text, generated tokens, wall time)."""
+    import threading
+
+    from agent.responders import CancelToken
+
+    firsts: list[float | None] = [None] * n
+    stats: list[dict[str, float]] = [{} for _ in range(n)]
+    go = threading.Barrier(n + 1)
+
+    def worker(i: int) -> None:
+        pr = prompts[(i + r) % len(prompts)]
+
+        def on_text(_: str) -> None:
+            if firsts[i] is None:
+                firsts[i] = time.perf_counter()
+
+        go.wait()
+        llm.generate(pr.messages, on_text, CancelToken(), stats[i], static_messages=pr.static_messages)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    go.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return [f - t0 for f in firsts if f is not None], sum(st.get("generated_tokens", 0.0) for st in stats), wall
+
+
+def bench_concurrency(llm: Any, agent: Any, levels: list[int], runs: int, max_new_tokens: int) -> dict[str, Any]:
+    """N replies started together, batched vs serialized: time to first token and aggregate tokens/s."""
+    from agent.responders import CancelToken
+
+    retriever = agent.retriever
+    prompts = []
+    for q in QUESTIONS:
+        hits = retriever.relevant(retriever.search(retriever.embed_query(q)))
+        prompts.append(agent.prompt_for(agent.open_session(), q, hits, {}, None))
+    llm.config.max_new_tokens = max_new_tokens
+    out: dict[str, Any] = {}
+    for batching in (True, False):
+        llm.config.batching = batching
+        mode = "batched" if batching else "serialized"
+        llm.generate(prompts[0].messages, lambda s: None, CancelToken(), {},
+                     static_messages=prompts[0].static_messages)  # warm-up (prefix cache, scheduler)
+        for n in levels:
+            ttft: list[float] = []
+            tokens = 0.0
+            wall = 0.0
+            for r in range(runs):
+                f, t, w = _concurrent_round(llm, prompts, n, r)
+                ttft += f
+                tokens += t
+                wall += w
+            out.setdefault(mode, {})[str(n)] = {
+                "ttft_p50_s": _pct(ttft, 0.5), "ttft_p95_s": _pct(ttft, 0.95),
+                "tokens_per_s": round(tokens / max(wall, 1e-6), 1), "tokens": tokens, "replies": len(ttft)}
+            row = out[mode][str(n)]
+            print(f"{mode:10} N={n:<3} first token p50 {row['ttft_p50_s']}s p95 {row['ttft_p95_s']}s  "
+                  f"{row['tokens_per_s']} tok/s", flush=True)
+    llm.config.batching = True
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out", nargs="?", default=str(REPO_ROOT / "artifacts" / "bench_agent.json"))
+    ap.add_argument("out", nargs="?", default=None)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--concurrency", default=None, help="e.g. 1,4,8: only the concurrent-replies benchmark")
+    ap.add_argument("--max-new-tokens", type=int, default=48, help="reply length in the --concurrency benchmark")
     ap.add_argument("--gpu-model", default=None, help="model for the GPU run (default: the embedded SmolLM2)")
     args = ap.parse_args()
 
@@ -137,6 +220,27 @@ def main() -> int:
 
     load0 = os.getloadavg()
     p = Perception(PerceptionConfig(device="cpu"))
+    if args.concurrency:
+        levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+        db = Path(tempfile.mkdtemp()) / "bench.db"
+        llm = LocalLLM(LocalLLMConfig(device="cpu"))
+        agent = Agent.from_config(AgentConfig(store=StoreConfig(path=str(db))), perception=p,
+                                  responder=LocalResponder(llm))
+        agent.warmup()
+        res: dict[str, Any] = {
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                        "torch_threads": torch.get_num_threads(), "loadavg_start": [round(x, 2) for x in load0]},
+            "max_new_tokens": args.max_new_tokens, "runs": args.runs,
+            "concurrency": bench_concurrency(llm, agent, levels, args.runs, args.max_new_tokens),
+        }
+        res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        agent.close()
+        print(f"load average {res['machine']['loadavg_start']} → {res['machine']['loadavg_end']}")
+        out = Path(args.out or REPO_ROOT / "artifacts" / "bench_agent_concurrency.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
     fusion = None
     try:
         from fusion import FusionPredictor
@@ -181,7 +285,7 @@ def main() -> int:
         line += f" {results['gpu_agent']['first_delta_after_fusion_ms']!s:>12}"
     print(line)
     print(f"load average {results['machine']['loadavg_start']} → {results['machine']['loadavg_end']}")
-    out = Path(args.out)
+    out = Path(args.out or REPO_ROOT / "artifacts" / "bench_agent.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

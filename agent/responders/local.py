@@ -6,10 +6,18 @@ saved once as safetensors under ``<cache_dir>/<key>/`` so later loads take about
 (transformers marks a GGUF-loaded model as "quantized" and refuses ``save_pretrained``; the
 weights are already plain tensors, so the quantizer marker is dropped before saving.)
 
-Generation runs in a worker thread, behind one lock per model (one generate at a time per
-model instance; share one :class:`LocalLLM` between sessions). Text reaches the event loop
-through a streamer callback; a stopping criterion checks the cancel flag after every decoding
-step, so cancellation stops within one step.
+Generation (share one :class:`LocalLLM` between sessions) runs one of two ways:
+
+- ``batching=True`` (default): continuous batching. One scheduler thread owns the model. Each
+  request is prefilled on its own (reusing the cached KV of the static prompt prefix), then joins
+  the running batch: every active reply advances one token per step in ONE forward pass (the
+  per-reply KV caches are left-padded to a common length, with an attention mask and each reply's
+  own position ids). Finished or cancelled replies leave at the next step; the cancel flag is
+  checked before every step, so cancellation stops within one step.
+- ``batching=False``: the old path, ``model.generate`` behind one lock (one reply at a time).
+  A stopping criterion checks the cancel flag after every decoding step.
+
+Text reaches the event loop through ``on_text`` callbacks, token by token.
 """
 
 from __future__ import annotations
@@ -19,9 +27,11 @@ import hashlib
 import importlib.util
 import logging
 import os
+import queue
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -101,6 +111,8 @@ class LocalLLM:
         # KV caches of static prompt prefixes (persona + few-shot examples), newest last.
         self._prefix_caches: dict[tuple[int, ...], Any] = {}
         self.max_prefix_caches = 4
+        self._batcher: _Batcher | None = None
+        self._batcher_lock = threading.Lock()
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -240,6 +252,67 @@ class LocalLLM:
         The first ``static_messages`` messages are the same on every turn: their KV cache is
         computed once and reused, so only the rest of the prompt is processed per turn.
         """
+        if self.config.batching:
+            return self._generate_batched(messages, on_text, cancel, stats, static_messages=static_messages)
+        return self._generate_serial(messages, on_text, cancel, stats, static_messages=static_messages)
+
+    def _generate_batched(self, messages: list[dict[str, str]], on_text: Callable[[str], None],
+                          cancel: threading.Event, stats: dict[str, float] | None, *,
+                          static_messages: int) -> str:
+        """:meth:`generate` through the continuous-batching scheduler (the caller's thread only
+        waits for token ids and turns them into text)."""
+        stats = stats if stats is not None else {}
+        ids = self.encode_chat(messages).to(self.device)
+        stats["prompt_tokens"] = float(ids.shape[1])
+        if cancel.is_set():
+            return ""
+        seq = _Seq(ids=ids, static=messages[:static_messages] if static_messages else [], cancel=cancel)
+        with self._batcher_lock:
+            if self._batcher is None:
+                self._batcher = _Batcher(self)
+            batcher = self._batcher
+        batcher.submit(seq)
+        tok = self.tokenizer
+        out_ids: list[int] = []
+        pieces: list[str] = []
+        sent = 0
+        while True:
+            item = seq.out.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            out_ids.extend(item)
+            text = tok.decode(out_ids, skip_special_tokens=True)
+            if len(text) > sent and not text.endswith("\ufffd"):
+                piece, sent = text[sent:], len(text)
+                pieces.append(piece)
+                on_text(piece)
+        text = tok.decode(out_ids, skip_special_tokens=True)
+        if len(text) > sent:
+            pieces.append(text[sent:])
+            on_text(text[sent:])
+        t_end = seq.t_end or time.perf_counter()
+        if seq.t_start is None:  # cancelled while queued
+            stats["lock_wait_s"] = t_end - seq.t_submit
+            return "".join(pieces)
+        stats["lock_wait_s"] = seq.t_start - seq.t_submit
+        stats["generated_tokens"] = float(len(seq.generated))
+        stats["tokens_after_cancel"] = float(seq.after_cancel)
+        stats["batch_size_max"] = float(seq.batch_max)
+        if seq.cached:
+            stats["cached_prompt_tokens"] = float(seq.cached)
+        if seq.t_first is not None:
+            stats["first_token_s"] = seq.t_first - seq.t_start
+            if len(seq.generated) > 1:
+                stats["tokens_per_s"] = (len(seq.generated) - 1) / max(1e-6, t_end - seq.t_first)
+        stats["generate_s"] = t_end - seq.t_start
+        return "".join(pieces)
+
+    def _generate_serial(self, messages: list[dict[str, str]], on_text: Callable[[str], None],
+                         cancel: threading.Event, stats: dict[str, float] | None = None, *,
+                         static_messages: int = 0) -> str:
+        """:meth:`generate` with ``model.generate`` behind the lock (``batching=False``)."""
         from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
@@ -325,6 +398,220 @@ class LocalLLM:
                 stats["tokens_per_s"] = (n_tokens[0] - 1) / max(1e-6, t_end - first[0])
         stats["generate_s"] = t_end - t_lock
         return "".join(pieces)
+
+
+_DONE = object()
+
+
+class _Seq:
+    """One reply in the continuous-batching scheduler. ``out`` receives lists of new token ids,
+    then ``_DONE`` (or an exception)."""
+
+    def __init__(self, ids: torch.Tensor, static: list[dict[str, str]], cancel: threading.Event) -> None:
+        self.ids = ids
+        self.static = static
+        self.cancel = cancel
+        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.generated: list[int] = []
+        self.length = 0              # tokens in this reply's KV cache (its own, without padding)
+        self.next_token = 0          # the last sampled token (not yet in the KV cache)
+        self.cache: Any = None       # own KV cache until it joins the batch
+        self.cached = 0              # prompt tokens taken from the prefix cache
+        self.after_cancel = 0
+        self.batch_max = 0
+        self.t_submit = time.perf_counter()
+        self.t_start: float | None = None
+        self.t_first: float | None = None
+        self.t_end: float | None = None
+        self.done = False
+
+
+class _Batcher:
+    """The continuous-batching scheduler: one daemon thread owns the model's forward passes.
+
+    Each loop iteration (under the model's generation lock, so ``prime`` and the serial path
+    still exclude it): drop cancelled replies, prefill newly arrived ones (each alone, with the
+    cached static prefix; their first token is sampled from the prefill) and join them to the
+    batch, then run one decoding step for the whole batch. The batch KV cache is a
+    :class:`DynamicCache` of shape (B, heads, L, dim), left-padded; ``mask`` (B, L) marks real
+    positions. A reply joining with a longer cache pads the others on the left; a reply leaving is
+    removed from the batch dimension, and leading columns that are padding in every row are cut.
+    """
+
+    def __init__(self, llm: LocalLLM) -> None:
+        self.llm = llm
+        self.cfg = llm.config
+        self.cond = threading.Condition()
+        self.pending: deque[_Seq] = deque()
+        self.active: list[_Seq] = []
+        self.cache: Any = None
+        self.mask: torch.Tensor | None = None
+        model = llm.model
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = llm.tokenizer.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.thread = threading.Thread(target=self._run, name="local-llm-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, seq: _Seq) -> None:
+        with self.cond:
+            self.pending.append(seq)
+            self.cond.notify()
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending and not self.active:
+                    self.cond.wait()
+                for s in [s for s in self.pending if s.cancel.is_set()]:  # cancelled while queued
+                    self.pending.remove(s)
+                    self._finish(s)
+                room = self.cfg.max_batch - len(self.active)
+                new = [self.pending.popleft() for _ in range(min(room, len(self.pending)))]
+            with self.llm._gen_lock, torch.inference_mode():
+                self._drop([s for s in self.active if s.cancel.is_set()])
+                for s in new:
+                    try:
+                        self._prefill(s)
+                    except Exception as exc:
+                        log.exception("prefill failed")
+                        self._finish(s, exc)
+                        continue
+                    if not s.done:
+                        self._join(s)
+                if self.active:
+                    try:
+                        self._step()
+                    except Exception as exc:
+                        log.exception("batched decoding step failed")
+                        for s in self.active:
+                            self._finish(s, exc)
+                        self.active, self.cache, self.mask = [], None, None
+
+    def _finish(self, s: _Seq, exc: BaseException | None = None) -> None:
+        if not s.done:
+            s.done = True
+            s.t_end = time.perf_counter()
+            s.cache = None
+            s.out.put(exc if exc is not None else _DONE)
+
+    def _choose(self, s: _Seq, logits: torch.Tensor) -> int:
+        """The next token from (1, V) logits; same processing as ``model.generate`` in the serial
+        path (repetition penalty over generated tokens only, then greedy or temperature/top-p)."""
+        cfg = self.cfg
+        scores = logits.float()
+        if cfg.repetition_penalty != 1.0 and s.generated:
+            idx = torch.tensor([s.generated], device=scores.device)
+            score = torch.gather(scores, 1, idx)
+            score = torch.where(score < 0, score * cfg.repetition_penalty, score / cfg.repetition_penalty)
+            scores = scores.scatter(1, idx, score)
+        if cfg.temperature > 0:
+            from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+            scores = TemperatureLogitsWarper(cfg.temperature)(None, scores)  # type: ignore[arg-type]
+            if cfg.top_p < 1.0:
+                scores = TopPLogitsWarper(cfg.top_p)(None, scores)  # type: ignore[arg-type]
+            return int(torch.multinomial(torch.softmax(scores, dim=-1), 1)[0, 0])
+        return int(torch.argmax(scores, dim=-1)[0])
+
+    def _emit(self, s: _Seq, token: int) -> None:
+        now = time.perf_counter()
+        if s.t_first is None:
+            s.t_first = now
+        s.generated.append(token)
+        if s.cancel.is_set():
+            s.after_cancel += 1
+        s.next_token = token
+        s.out.put([token])
+        if token in self.eos or len(s.generated) >= self.cfg.max_new_tokens:
+            self._finish(s)
+
+    def _prefill(self, s: _Seq) -> None:
+        from transformers import DynamicCache
+
+        s.t_start = time.perf_counter()
+        if s.cancel.is_set():
+            self._finish(s)
+            return
+        llm, ids = self.llm, s.ids
+        cache = llm._prefix_cache(ids, s.static) if s.static else None
+        if cache is None:
+            cache = DynamicCache(config=llm.model.config)
+        s.cached = n = cache.get_seq_length()
+        total = ids.shape[1]
+        out = llm.model(input_ids=ids[:, n:], attention_mask=torch.ones_like(ids), past_key_values=cache,
+                        cache_position=torch.arange(n, total, device=ids.device), use_cache=True,
+                        logits_to_keep=1)
+        s.cache, s.length = out.past_key_values, total
+        self._emit(s, self._choose(s, out.logits[:, -1, :]))
+
+    def _join(self, s: _Seq) -> None:
+        cache, s.cache = s.cache, None
+        mask = torch.ones((1, s.length), dtype=torch.long, device=s.ids.device)
+        if not self.active:
+            self.cache, self.mask, self.active = cache, mask, [s]
+        else:
+            assert self.mask is not None
+            cur = self.mask.shape[1]
+            width = max(cur, s.length)
+            for old_layer, new_layer in zip(self.cache.layers, cache.layers, strict=True):
+                old_layer.keys = torch.cat([_pad_left(old_layer.keys, width - cur),
+                                            _pad_left(new_layer.keys, width - s.length)], dim=0)
+                old_layer.values = torch.cat([_pad_left(old_layer.values, width - cur),
+                                              _pad_left(new_layer.values, width - s.length)], dim=0)
+            self.mask = torch.cat([torch.nn.functional.pad(self.mask, (width - cur, 0)),
+                                   torch.nn.functional.pad(mask, (width - s.length, 0))], dim=0)
+            self.active.append(s)
+        for a in self.active:
+            a.batch_max = max(a.batch_max, len(self.active))
+
+    def _drop(self, leaving: list[_Seq]) -> None:
+        """Take finished/cancelled replies out of the batch (rows of the cache and mask)."""
+        if not leaving:
+            return
+        for s in leaving:
+            self._finish(s)
+        keep = [i for i, s in enumerate(self.active) if not s.done]
+        self.active = [self.active[i] for i in keep]
+        if not self.active:
+            self.cache, self.mask = None, None
+            return
+        assert self.mask is not None
+        idx = torch.tensor(keep, device=self.mask.device)
+        mask = self.mask.index_select(0, idx)
+        real = (mask.sum(0) > 0).nonzero()
+        cut = int(real[0]) if len(real) else 0  # leading columns that are padding in every row
+        self.mask = mask[:, cut:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, idx)[:, :, cut:]
+            layer.values = layer.values.index_select(0, idx)[:, :, cut:]
+
+    def _step(self) -> None:
+        """One decoding step for the whole batch: feed every reply's last token, sample the next."""
+        assert self.mask is not None
+        dev = self.mask.device
+        width = self.mask.shape[1]
+        b = len(self.active)
+        input_ids = torch.tensor([[s.next_token] for s in self.active], device=dev)
+        position_ids = torch.tensor([[s.length] for s in self.active], device=dev)
+        mask = torch.cat([self.mask, torch.ones((b, 1), dtype=self.mask.dtype, device=dev)], dim=1)
+        out = self.llm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                             past_key_values=self.cache, cache_position=torch.tensor([width], device=dev),
+                             use_cache=True, logits_to_keep=1)
+        self.cache, self.mask = out.past_key_values, mask
+        logits = out.logits[:, -1, :]
+        for i, s in enumerate(self.active):
+            s.length += 1
+            self._emit(s, self._choose(s, logits[i:i + 1]))
+        self._drop([s for s in self.active if s.done])
+
+
+def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Zero-pad (B, H, L, D) on the left of the sequence axis."""
+    return torch.nn.functional.pad(t, (0, 0, n, 0)) if n else t
 
 
 class LocalResponder:

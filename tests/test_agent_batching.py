@@ -1,0 +1,128 @@
+"""Continuous batching of the local model (``responder.local.batching``): concurrent replies are
+decoded together, one token per step, and give the same greedy text as a reply alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from agent.responders import CancelToken
+
+SYSTEM = {"role": "system", "content": "You are a helpful shop assistant. Answer briefly."}
+QUESTIONS = ["where is the service desk?", "what are your opening hours?", "do you take credit cards?",
+             "can I return something without a receipt?"]
+MAX_NEW = 20  # keeps the runtime small; long enough for several deltas per reply
+
+
+def messages(q: str) -> list[dict[str, str]]:
+    return [SYSTEM, {"role": "user", "content": q}]
+
+
+@contextmanager
+def settings(llm: Any, **values: Any) -> Iterator[None]:
+    old = {k: getattr(llm.config, k) for k in values}
+    for k, v in values.items():
+        setattr(llm.config, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(llm.config, k, v)
+
+
+class Stream:
+    """One reply generated in a thread, its deltas time-stamped."""
+
+    def __init__(self, llm: Any, q: str, cancel_after: int | None = None) -> None:
+        self.llm, self.q, self.cancel_after = llm, q, cancel_after
+        self.cancel = CancelToken()
+        self.deltas: list[tuple[float, str]] = []
+        self.stats: dict[str, float] = {}
+        self.text = ""
+        self.t_done = 0.0
+        self.thread = threading.Thread(target=self._run)
+
+    def _on_text(self, piece: str) -> None:
+        self.deltas.append((time.perf_counter(), piece))
+        if self.cancel_after is not None and len(self.deltas) >= self.cancel_after:
+            self.cancel.set()
+
+    def _run(self) -> None:
+        self.text = self.llm.generate(messages(self.q), self._on_text, self.cancel, self.stats, static_messages=1)
+        self.t_done = time.perf_counter()
+
+
+def run_all(streams: list[Stream]) -> None:
+    for s in streams:
+        s.thread.start()
+    for s in streams:
+        s.thread.join(timeout=120)
+        assert not s.thread.is_alive(), f"{s.q!r} did not finish"
+
+
+def alone(llm: Any, q: str, *, batching: bool) -> str:
+    with settings(llm, batching=batching, max_new_tokens=MAX_NEW):
+        s = Stream(llm, q)
+        run_all([s])
+    assert "".join(p for _, p in s.deltas) == s.text
+    return s.text
+
+
+@pytest.fixture(scope="module")
+def serial(local_llm: Any) -> dict[str, str]:
+    """Each question's greedy reply alone through ``model.generate`` (``batching=False``)."""
+    return {q: alone(local_llm, q, batching=False) for q in QUESTIONS}
+
+
+def test_batched_alone_is_token_identical_to_serial(local_llm: Any, serial: dict[str, str]) -> None:
+    """Greedy: a reply through the scheduler alone is the same text as ``model.generate``."""
+    assert {q: alone(local_llm, q, batching=True) for q in QUESTIONS} == serial
+
+
+def test_concurrent_replies_match_alone_and_interleave(local_llm: Any, serial: dict[str, str]) -> None:
+    """4 concurrent replies are each identical to the same reply alone, stream interleaved (every
+    first delta before any reply finishes) and are decoded in one batch."""
+    with settings(local_llm, batching=True, max_new_tokens=MAX_NEW):
+        streams = [Stream(local_llm, q) for q in QUESTIONS]
+        run_all(streams)
+    for s in streams:
+        assert s.text == serial[s.q], (s.q, s.text, serial[s.q])
+        assert len(s.deltas) >= 3, s.deltas
+        assert "".join(p for _, p in s.deltas) == s.text
+    first_done = min(s.t_done for s in streams)
+    assert all(s.deltas[0][0] < first_done for s in streams)
+    assert max(s.stats["batch_size_max"] for s in streams) >= 3, [s.stats for s in streams]
+
+
+def test_cancelling_one_stream_leaves_the_others_alone(local_llm: Any, serial: dict[str, str]) -> None:
+    """One of 4 concurrent replies is cancelled after its second delta: it stops within one step,
+    the other three complete with the text they have alone."""
+    expected = serial
+    with settings(local_llm, batching=True, max_new_tokens=MAX_NEW):
+        victim = Stream(local_llm, QUESTIONS[0], cancel_after=2)
+        others = [Stream(local_llm, q) for q in QUESTIONS[1:]]
+        run_all([victim, *others])
+    assert victim.cancel.is_set()
+    assert victim.stats["tokens_after_cancel"] <= 1, victim.stats
+    assert victim.stats["generated_tokens"] < MAX_NEW, victim.stats
+    for s in others:
+        assert s.text == expected[s.q], (s.q, s.text, expected[s.q])
+
+
+def test_batch_size_is_capped_and_cancel_while_queued(local_llm: Any) -> None:
+    """``max_batch`` bounds the batch (the rest wait in the queue); a reply cancelled before it
+    starts returns at once with nothing generated."""
+    with settings(local_llm, batching=True, max_new_tokens=6, max_batch=2):
+        streams = [Stream(local_llm, q) for q in QUESTIONS[:3]]
+        run_all(streams)
+        assert all(s.stats["batch_size_max"] <= 2 for s in streams), [s.stats for s in streams]
+        assert all(s.text for s in streams)
+        early = Stream(local_llm, QUESTIONS[0])
+        early.cancel.set()
+        run_all([early])
+        assert early.text == "" and "generated_tokens" not in early.stats
