@@ -22,6 +22,7 @@ Text reaches the event loop through ``on_text`` callbacks, token by token.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import hashlib
 import importlib.util
@@ -451,8 +452,18 @@ class _Batcher:
         if eos is None:
             eos = llm.tokenizer.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.stopping = False
         self.thread = threading.Thread(target=self._run, name="local-llm-batcher", daemon=True)
         self.thread.start()
+        atexit.register(self.close)  # stop the thread before the interpreter tears torch down
+
+    def close(self) -> None:
+        """Stop the scheduler thread once the replies in flight are done (at interpreter exit)."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout=5)
 
     def submit(self, seq: _Seq) -> None:
         with self.cond:
@@ -464,8 +475,10 @@ class _Batcher:
     def _run(self) -> None:
         while True:
             with self.cond:
-                while not self.pending and not self.active:
+                while not self.pending and not self.active and not self.stopping:
                     self.cond.wait()
+                if self.stopping and not self.pending and not self.active:
+                    return
                 for s in [s for s in self.pending if s.cancel.is_set()]:  # cancelled while queued
                     self.pending.remove(s)
                     self._finish(s)
