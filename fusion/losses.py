@@ -20,14 +20,17 @@ class LossWeights:
     emotion: float = 1.0
     addressee: float = 0.5
     align: float = 0.1   # InfoNCE weight
+    consistency: float = 0.0  # self-distillation: KL(full-view prediction || masked-view prediction)
+    label_smoothing: float = 0.0  # intent and emotion cross-entropy
+    reconstruct: float = 0.0  # predict a dropped modality's (full-view) token from the masked view's fused vector
 
 
-def masked_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def masked_ce(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy over rows whose target is >= 0 (0 if none)."""
     keep = target >= 0
     if not keep.any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[keep], target[keep])
+    return F.cross_entropy(logits[keep], target[keep], label_smoothing=label_smoothing)
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,8 +69,8 @@ def fusion_loss(out: FusionOutput, labels: dict[str, torch.Tensor], w: LossWeigh
                 logit_scale: torch.Tensor, modalities: tuple[str, ...]) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts (as floats, for logging)."""
     parts = {
-        "intent": masked_ce(out.intent_logits, labels["intent"]),
-        "emotion": masked_ce(out.emotion_logits, labels["emotion"]),
+        "intent": masked_ce(out.intent_logits, labels["intent"], w.label_smoothing),
+        "emotion": masked_ce(out.emotion_logits, labels["emotion"], w.label_smoothing),
         "addressee": masked_bce(out.addressee_logits, labels["addressee"]),
         "align": info_nce(out.tokens, out.present, logit_scale, modalities) if w.align > 0
         else out.fused.sum() * 0.0,
@@ -75,3 +78,37 @@ def fusion_loss(out: FusionOutput, labels: dict[str, torch.Tensor], w: LossWeigh
     total = w.intent * parts["intent"] + w.emotion * parts["emotion"] + w.addressee * parts["addressee"] \
         + w.align * parts["align"]
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def consistency_loss(teacher: FusionOutput, student: FusionOutput) -> torch.Tensor:
+    """Self-distillation from the full view of a turn to its masked view: mean over the three heads
+    of KL(teacher || student), the teacher's (full-input) predictions detached. Rows whose view was
+    not masked contribute (near) zero. Needs no labels, so it also covers unlabelled heads."""
+    kls = []
+    for t, s in ((teacher.intent_logits, student.intent_logits), (teacher.emotion_logits, student.emotion_logits)):
+        kls.append(F.kl_div(F.log_softmax(s, -1), F.log_softmax(t.detach(), -1), log_target=True,
+                            reduction="batchmean"))
+    pt = torch.sigmoid(teacher.addressee_logits.detach())
+    ps = student.addressee_logits
+    # Bernoulli KL = BCE(student, p_t) - H(p_t); the entropy term has no gradient.
+    kls.append(F.binary_cross_entropy_with_logits(ps, pt)
+               - F.binary_cross_entropy_with_logits(teacher.addressee_logits.detach(), pt))
+    return torch.stack(kls).mean()
+
+
+def reconstruction_loss(recon: torch.nn.ModuleDict, teacher: FusionOutput, student: FusionOutput,
+                        modalities: tuple[str, ...]) -> torch.Tensor:
+    """Missing-modality reconstruction: for every media modality present in the full view but
+    dropped in the masked one, 1 - cosine(head_m(student fused), teacher token_m (detached)).
+    ``recon`` holds one training-only head per media modality (not part of the checkpoint)."""
+    losses = []
+    for i, m in enumerate(modalities):
+        if m == "context" or m not in recon:
+            continue
+        rows = teacher.present[:, i] & ~student.present[:, i]
+        if rows.any():
+            pred = recon[m](student.fused[rows])
+            losses.append((1 - F.cosine_similarity(pred, teacher.tokens[rows, i].detach(), dim=-1)).mean())
+    if not losses:
+        return student.fused.sum() * 0.0
+    return torch.stack(losses).mean()

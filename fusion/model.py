@@ -87,14 +87,17 @@ class FusionModel(nn.Module):
         # Learned InfoNCE temperature, stored as log(1/tau) as in CLIP.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def forward(self, x: dict[str, torch.Tensor], present: torch.Tensor) -> FusionOutput:
+    def forward(self, x: dict[str, torch.Tensor], present: torch.Tensor,
+                drop_modalities: bool = True) -> FusionOutput:
+        """``drop_modalities=False`` turns modality dropout off for this call (the full view of a
+        training batch, see ``fusion.train``); it never applies outside training anyway."""
         B, M = present.shape
         assert len(self.modalities) == M, f"present has {M} columns, expected {self.modalities}"
         present = present.bool()
         if self.only_modality is not None:
             keep = torch.tensor([m == self.only_modality for m in self.modalities], device=present.device)
             present = present & keep
-        elif self.training and self.config.modality_dropout > 0:
+        elif self.training and drop_modalities and self.config.modality_dropout > 0:
             present = modality_dropout(present, self.config.modality_dropout)
         tokens = []
         for i, m in enumerate(self.modalities):

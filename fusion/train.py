@@ -21,7 +21,7 @@ import torch
 from fusion.config import FusionConfig
 from fusion.evaluate import evaluate_table
 from fusion.features import FeatureTable
-from fusion.losses import LossWeights, fusion_loss
+from fusion.losses import LossWeights, consistency_loss, fusion_loss, reconstruction_loss
 from fusion.model import FusionModel
 from fusion.registry import build_model
 
@@ -38,6 +38,9 @@ class TrainConfig:
     patience: int = 8           # epochs without validation improvement before stopping
     seed: int = 0
     loss: LossWeights = field(default_factory=LossWeights)
+    # Train every batch on two views: the full turn and a modality-dropped copy (supervised loss
+    # averaged over both; ``loss.consistency`` > 0 adds KL(full || masked)). Off: masked view only.
+    two_views: bool = True  # (chosen on val, see docs/fusion.md "What was tried"; implied by consistency/reconstruct > 0)
 
 
 def set_seed(seed: int) -> None:
@@ -88,7 +91,12 @@ def train_model(config: FusionConfig, train: FeatureTable, val: FeatureTable | N
     set_seed(tc.seed)
     model = build_model(config)
     mods = model.modalities
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    # Training-only heads for missing-modality reconstruction (discarded after training).
+    recon = torch.nn.ModuleDict({m: torch.nn.Sequential(torch.nn.Linear(config.d_model, config.d_model), torch.nn.GELU(),
+                                                        torch.nn.Linear(config.d_model, config.d_model))
+                                 for m in mods if m != "context"}) if tc.loss.reconstruct > 0 else None
+    params = list(model.parameters()) + (list(recon.parameters()) if recon is not None else [])
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train) / tc.batch_size))
     total = steps_per_epoch * tc.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, tc.warmup_steps, total))
@@ -112,9 +120,23 @@ def train_model(config: FusionConfig, train: FeatureTable, val: FeatureTable | N
             out = model(x, present)
             labels = {k: v[idx] for k, v in train.labels().items()}
             loss, parts = fusion_loss(out, labels, tc.loss, model.logit_scale, mods)
+            if tc.two_views or tc.loss.consistency > 0 or recon is not None:
+                full = model(x, present, drop_modalities=False)
+                loss_full, parts_full = fusion_loss(full, labels, tc.loss, model.logit_scale, mods)
+                loss = 0.5 * (loss + loss_full)
+                parts = {k: 0.5 * (v + parts_full[k]) for k, v in parts.items()}
+                if tc.loss.consistency > 0:
+                    cons = consistency_loss(full, out)
+                    loss = loss + tc.loss.consistency * cons
+                    parts["consistency"] = float(cons.detach())
+                if recon is not None:
+                    rec = reconstruction_loss(recon, full, out, mods)
+                    loss = loss + tc.loss.reconstruct * rec
+                    parts["reconstruct"] = float(rec.detach())
+                out = full
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             prev_fused = out.fused.detach()

@@ -191,3 +191,28 @@ def test_attention_learns_complementary_toy_task() -> None:
     m = evaluate_table(model, va)
     assert m["intent_acc"] > 0.9, m
     assert evaluate_table(model, va, "text")["intent_acc"] < 0.5  # text alone cannot do it
+
+
+def test_consistency_loss_and_two_view_training() -> None:
+    """The self-distillation loss is zero for identical views, positive otherwise, and a two-view
+    training step with it runs and keeps modality dropout off in the full view."""
+    from fusion.features import FeatureTable
+    from fusion.losses import consistency_loss
+    from fusion.train import TrainConfig, train_model
+
+    model = build_model(tiny("attention", modality_dropout=0.5)).eval()
+    x, p = inputs(8), mask(MODS, 8)
+    full = model(x, p)
+    assert abs(float(consistency_loss(full, full))) < 1e-6
+    assert float(consistency_loss(full, model(x, mask(("text",), 8)))) > 0
+    model.train()
+    assert model(x, p, drop_modalities=False).present.equal(p)
+    g = torch.Generator().manual_seed(0)
+    N = 64
+    feats = {m: torch.randn(N, d, generator=g) for m, d in DIMS.items()}
+    table = FeatureTable(ids=[str(i) for i in range(N)], feats=feats, present=torch.ones(N, 3, dtype=torch.bool),
+                         intent=torch.randint(0, 9, (N,), generator=g), emotion=torch.randint(0, 3, (N,), generator=g),
+                         addressee=torch.ones(N), dims=dict(DIMS), encoders={})
+    tc = TrainConfig(epochs=2, patience=2, loss=LossWeights(consistency=1.0, label_smoothing=0.1))
+    _, info = train_model(tiny("attention"), table, table, tc)
+    assert info["epochs_run"] == 2 and "consistency" in info["history"][0]
