@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", help="YAML or JSON configuration file")
     p.add_argument("--token", action="append", dest="tokens", help="API token (repeatable; or MMAGENT_TOKENS)")
     p.add_argument("--allowed-origin", action="append", dest="origins", help="allowed browser Origin (repeatable)")
-    p.add_argument("--no-batching", action="store_true", help="disable micro-batching of model calls")
+    p.add_argument("--no-batching", action="store_true", help="disable batching of model calls across sessions (encoders and the language model)")
     p.add_argument("--lazy", action="store_true", help="load models on first use instead of at start")
     p.add_argument("--insecure-no-token", action="store_true",
                    help="allow binding a non-local interface without any API token")
@@ -39,7 +39,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.origins:
         out["allowed_origins"] = args.origins
     if args.no_batching:
+        # Off for every model: the perception micro-batchers and the LLM's continuous batching.
         out["batching"] = {"enabled": False}
+        out["agent"] = {"responder": {"local": {"batching": False}}}
     if args.lazy:
         out["pipeline"] = {"warmup": False}
     if args.insecure_no_token:
