@@ -87,17 +87,25 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--consistency", type=float, default=t.loss.consistency,
                    help="self-distillation weight: KL(full view || masked view); implies --two-views")
     g.add_argument("--label-smoothing", type=float, default=t.loss.label_smoothing)
+    g.add_argument("--late-logits", action=argparse.BooleanOptionalAction, default=d.late_logits,
+                   help="attention: add each modality token's own logits, weighted by the reported weights")
+    g.add_argument("--unimodal-weight", type=float, default=t.loss.unimodal,
+                   help="attention: auxiliary loss on each present modality token's own heads (adds them)")
     g.add_argument("--reconstruct", type=float, default=t.loss.reconstruct,
                    help="missing-modality reconstruction weight (training-only heads); implies --two-views")
 
 
 def _configs(args: argparse.Namespace, dims: dict[str, int], seed: int) -> tuple[FusionConfig, TrainConfig]:
     fc = FusionConfig(variant=args.variant, input_dims=dims, d_model=args.d_model, n_layers=args.layers,
-                      n_heads=args.heads, dropout=args.dropout, modality_dropout=args.modality_dropout)
+                      n_heads=args.heads, dropout=args.dropout, modality_dropout=args.modality_dropout,
+                      **({"late_logits": args.late_logits,
+                          "modality_heads": args.late_logits or args.unimodal_weight > 0}
+                         if args.variant == "attention" else {}))
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                      seed=seed, two_views=args.two_views,
                      loss=LossWeights(align=args.align_weight, consistency=args.consistency,
                                       reconstruct=args.reconstruct,
+                                      unimodal=args.unimodal_weight,
                                       label_smoothing=args.label_smoothing))
     return fc, tc
 
@@ -140,7 +148,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     info.update({"train_manifest": str(args.manifest), "val_manifest": str(args.val) if args.val else None,
                  "n_train": len(train), "val_metrics": metrics, "train_config": {
                      "epochs": tc.epochs, "batch_size": tc.batch_size, "lr": tc.lr, "seed": tc.seed,
-                     "weight_decay": tc.weight_decay, "align_weight": tc.loss.align, "two_views": tc.two_views},
+                     "weight_decay": tc.weight_decay, "align_weight": tc.loss.align, "two_views": tc.two_views,
+                     "unimodal_weight": tc.loss.unimodal},
                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     out = save_checkpoint(args.out, model, encoders=train.encoders, feature_dims=train.dims, info=info)
     size_kb = out.stat().st_size / 1024

@@ -32,6 +32,11 @@ class FusionConfig:
     context_prob: float = 0.3       # training only: chance a sample gets a context token
     use_context: bool = True
     pool_skip: bool = True          # attention: add the attention-pooled modality tokens to the query state
+    # attention: per-modality heads on each modality token after the layers (FusionOutput.modality_logits;
+    # used by the auxiliary unimodal loss, LossWeights.unimodal). Implied by ``late_logits``.
+    modality_heads: bool = False
+    # attention: final logits = query heads' logits + sum_m w_m * modality heads' logits_m, w = the reported weights
+    late_logits: bool = False
 
     def __post_init__(self) -> None:
         self.intents = tuple(self.intents)

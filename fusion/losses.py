@@ -22,6 +22,7 @@ class LossWeights:
     align: float = 0.1   # InfoNCE weight
     consistency: float = 0.0  # self-distillation: KL(full-view prediction || masked-view prediction)
     label_smoothing: float = 0.0  # intent and emotion cross-entropy
+    unimodal: float = 0.0  # auxiliary CE/BCE on each present modality token's own heads (models with modality_heads)
     reconstruct: float = 0.0  # predict a dropped modality's (full-view) token from the masked view's fused vector
 
 
@@ -77,7 +78,31 @@ def fusion_loss(out: FusionOutput, labels: dict[str, torch.Tensor], w: LossWeigh
     }
     total = w.intent * parts["intent"] + w.emotion * parts["emotion"] + w.addressee * parts["addressee"] \
         + w.align * parts["align"]
+    if w.unimodal > 0 and out.modality_logits is not None:  # models without per-modality heads: no-op
+        parts["unimodal"] = unimodal_loss(out, labels, w, modalities)
+        total = total + w.unimodal * parts["unimodal"]
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def unimodal_loss(out: FusionOutput, labels: dict[str, torch.Tensor], w: LossWeights,
+                  modalities: tuple[str, ...]) -> torch.Tensor:
+    """Auxiliary loss against modality competition: every present media token's own heads
+    (``out.modality_logits``) are trained on the turn's labels; mean over media modalities."""
+    assert out.modality_logits is not None
+    li, le, la = out.modality_logits
+    losses = []
+    for i, m in enumerate(modalities):
+        if m == "context":
+            continue
+        rows = out.present[:, i]
+        if not rows.any():
+            continue
+        losses.append(w.intent * masked_ce(li[rows, i], labels["intent"][rows], w.label_smoothing)
+                      + w.emotion * masked_ce(le[rows, i], labels["emotion"][rows], w.label_smoothing)
+                      + w.addressee * masked_bce(la[rows, i], labels["addressee"][rows]))
+    if not losses:
+        return out.fused.sum() * 0.0
+    return torch.stack(losses).mean()
 
 
 def consistency_loss(teacher: FusionOutput, student: FusionOutput) -> torch.Tensor:

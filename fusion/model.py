@@ -13,6 +13,10 @@ Shapes (B = batch, M = number of token modalities of the config, d = ``d_model``
 - ``FusionOutput.addressee_logits`` : (B,)
 - ``FusionOutput.tokens``           : (B, M, d) projected modality embeddings (InfoNCE input)
 - ``FusionOutput.present``          : (B, M) bool, the mask actually used (after modality dropout)
+- ``FusionOutput.modality_logits``  : None, or (intent (B, M, n_intents), emotion (B, M, n_emotions),
+                                      addressee (B, M)): per-token heads (attention with
+                                      ``modality_heads`` / ``late_logits``); rows of absent tokens
+                                      are meaningless and must be masked by ``present``
 
 Absent inputs are replaced by zeros before projection and masked out of attention, so outputs
 never depend on the values of an absent modality.
@@ -38,6 +42,7 @@ class FusionOutput:
     addressee_logits: torch.Tensor
     tokens: torch.Tensor
     present: torch.Tensor
+    modality_logits: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 class ModalityProjection(nn.Module):
@@ -112,9 +117,11 @@ class FusionModel(nn.Module):
             tokens.append(self.proj[m](v))
         tok = torch.stack(tokens, dim=1)  # (B, M, d)
         tok = tok * present.unsqueeze(-1)
+        self._modality_logits: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         fused, weights, logits = self.fuse(tok, present)
         intent, emotion, addressee = logits
-        return FusionOutput(fused, weights, intent, emotion, addressee, tok, present)
+        mod_logits, self._modality_logits = self._modality_logits, None
+        return FusionOutput(fused, weights, intent, emotion, addressee, tok, present, mod_logits)
 
     def fuse(
         self, tok: torch.Tensor, present: torch.Tensor
@@ -182,6 +189,11 @@ class AttentionFusion(FusionModel):
         )
         self.ln_f = nn.LayerNorm(d)
         self.heads = Heads(config)
+        self.tok_heads: nn.ModuleDict | None = None
+        if config.modality_heads or config.late_logits:
+            # One LayerNorm + heads per modality token (after the layers): each modality's own vote.
+            self.tok_ln = nn.ModuleDict({m: nn.LayerNorm(d) for m in self.modalities})
+            self.tok_heads = nn.ModuleDict({m: Heads(config) for m in self.modalities})
 
     def fuse(self, tok, present):  # type: ignore[no-untyped-def]
         B, M, d = tok.shape
@@ -198,4 +210,16 @@ class AttentionFusion(FusionModel):
             # that is reported as "why": the seed's attention-weighted sum, on top of the layers.
             q = q + (weights.unsqueeze(-1) * tok).sum(1)
         fused = self.ln_f(q)  # (B, d)
-        return fused, weights, self.heads(fused)
+        logits = self.heads(fused)
+        if self.tok_heads is not None:
+            outs = [self.tok_heads[m](self.tok_ln[m](h[:, 1 + i])) for i, m in enumerate(self.modalities)]
+            per = tuple(torch.stack([o[k] for o in outs], dim=1) for k in range(3))  # (B, M, ...)
+            self._modality_logits = (per[0], per[1], per[2])
+            if self.config.late_logits:
+                # Each present modality's vote, weighted by the same weights reported as "why"
+                # (zero for absent modalities, so their values cannot leak into the output).
+                w = weights
+                logits = (logits[0] + (w.unsqueeze(-1) * per[0]).sum(1),
+                          logits[1] + (w.unsqueeze(-1) * per[1]).sum(1),
+                          logits[2] + (w * per[2]).sum(1))
+        return fused, weights, logits

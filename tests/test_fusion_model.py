@@ -216,3 +216,50 @@ def test_consistency_loss_and_two_view_training() -> None:
     tc = TrainConfig(epochs=2, patience=2, loss=LossWeights(consistency=1.0, label_smoothing=0.1))
     _, info = train_model(tiny("attention"), table, table, tc)
     assert info["epochs_run"] == 2 and "consistency" in info["history"][0]
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_modality_heads_and_late_logits(late: bool) -> None:
+    """Per-modality token heads (and, with ``late_logits``, their attention-weighted votes added to
+    the logits): documented shapes, weights a distribution over present modalities, masked values
+    never reach any output, the auxiliary unimodal loss trains, old configs load with both off."""
+    model = build_model(tiny("attention", modality_heads=True, late_logits=late)).eval()
+    B = 3
+    for subset in SUBSETS:
+        out = model(inputs(B), mask(subset, B))
+        assert out.modality_logits is not None
+        li, le, la = out.modality_logits
+        assert li.shape == (B, 4, 9) and le.shape == (B, 4, 3) and la.shape == (B, 4)
+        assert out.intent_logits.shape == (B, 9) and torch.isfinite(out.intent_logits).all()
+        if out.present[0].any():
+            torch.testing.assert_close(out.weights.sum(1), torch.ones(B))
+        else:
+            assert (out.weights == 0).all()
+    for absent in MODS:
+        subset = tuple(m for m in MODS if m != absent)
+        a = inputs(4, seed=1)
+        b = {k: v.clone() for k, v in a.items()}
+        b[absent] = torch.randn_like(b[absent]) * 100
+        oa, ob = model(a, mask(subset, 4)), model(b, mask(subset, 4))
+        for f in ("fused", "weights", "intent_logits", "emotion_logits", "addressee_logits"):
+            torch.testing.assert_close(getattr(oa, f), getattr(ob, f), msg=f"{absent} {f}")
+        assert oa.modality_logits is not None and ob.modality_logits is not None
+        keep = torch.tensor([m != absent for m in MODS])
+        for k in range(3):  # present tokens' own logits do not see the masked one either
+            torch.testing.assert_close(oa.modality_logits[k][:, keep], ob.modality_logits[k][:, keep])
+    # the unimodal auxiliary loss: present in the parts, finite, differentiable
+    model.train()
+    labels = {"intent": torch.tensor([0, 1, -1]), "emotion": torch.tensor([2, -1, 0]),
+              "addressee": torch.tensor([1.0, 0.0, -1.0])}
+    out = model(inputs(B), mask(("text", "vision"), B), drop_modalities=False)
+    total, parts = fusion_loss(out, labels, LossWeights(unimodal=0.5), model.logit_scale, MODS)
+    assert "unimodal" in parts and parts["unimodal"] > 0
+    total.backward()
+    assert model.tok_heads is not None and model.tok_heads["text"].intent.weight.grad is not None
+    # baselines have no per-modality heads: the auxiliary weight is a no-op for them
+    base = build_model(tiny("weighted_sum"))
+    _, bparts = fusion_loss(base(inputs(B), mask(MODS, B)), labels, LossWeights(unimodal=0.5), base.logit_scale, MODS)
+    assert "unimodal" not in bparts
+    old = {k: v for k, v in tiny("attention").to_dict().items() if k not in ("modality_heads", "late_logits")}
+    cfg = FusionConfig.from_dict(old)
+    assert not cfg.modality_heads and not cfg.late_logits
