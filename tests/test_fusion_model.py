@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -75,10 +76,10 @@ def test_weights_sum_to_one_over_present(variant: str) -> None:
     assert ((out.weights > 0) == present).all()
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_masked_modality_does_not_change_output(variant: str) -> None:
-    """Changing the values of a masked-out modality leaves every output unchanged."""
-    model = build_model(tiny(variant)).eval()
+def masked_value_pairs(model: torch.nn.Module) -> list[tuple[str, Any, Any]]:
+    """For each modality: outputs on two inputs that differ only in that (masked-out) modality,
+    after asserting the fused vector, weights and head logits are identical."""
+    pairs = []
     for absent in MODS:
         subset = tuple(m for m in MODS if m != absent)
         a = inputs(4, seed=1)
@@ -86,7 +87,16 @@ def test_masked_modality_does_not_change_output(variant: str) -> None:
         b[absent] = torch.randn_like(b[absent]) * 100
         oa, ob = model(a, mask(subset, 4)), model(b, mask(subset, 4))
         for f in ("fused", "weights", "intent_logits", "emotion_logits", "addressee_logits"):
-            torch.testing.assert_close(getattr(oa, f), getattr(ob, f), msg=f"{variant} {absent} {f}")
+            torch.testing.assert_close(getattr(oa, f), getattr(ob, f), msg=f"{absent} {f}")
+        pairs.append((absent, oa, ob))
+    return pairs
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_masked_modality_does_not_change_output(variant: str) -> None:
+    """Changing the values of a masked-out modality leaves every output unchanged."""
+    model = build_model(tiny(variant)).eval()
+    masked_value_pairs(model)
     # and a present modality does matter (for the variants that use it)
     a = inputs(4, seed=1)
     b = {k: v.clone() for k, v in a.items()}
@@ -235,14 +245,7 @@ def test_modality_heads_and_late_logits(late: bool) -> None:
             torch.testing.assert_close(out.weights.sum(1), torch.ones(B))
         else:
             assert (out.weights == 0).all()
-    for absent in MODS:
-        subset = tuple(m for m in MODS if m != absent)
-        a = inputs(4, seed=1)
-        b = {k: v.clone() for k, v in a.items()}
-        b[absent] = torch.randn_like(b[absent]) * 100
-        oa, ob = model(a, mask(subset, 4)), model(b, mask(subset, 4))
-        for f in ("fused", "weights", "intent_logits", "emotion_logits", "addressee_logits"):
-            torch.testing.assert_close(getattr(oa, f), getattr(ob, f), msg=f"{absent} {f}")
+    for absent, oa, ob in masked_value_pairs(model):
         assert oa.modality_logits is not None and ob.modality_logits is not None
         keep = torch.tensor([m != absent for m in MODS])
         for k in range(3):  # present tokens' own logits do not see the masked one either
