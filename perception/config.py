@@ -19,6 +19,7 @@ WHISPER_CHUNK_S = 30                      # Whisper's context window, seconds
 WHISPER_N_FRAMES = int(WHISPER_CHUNK_S / WHISPER_FRAME_S)  # 1500 encoder frames per chunk
 
 SpeechBackendName = Literal["faster-whisper", "openai-whisper"]
+SpeechWindow = Literal["fit", "full"]
 VisionBackendName = Literal["efficientnet-lite0", "clip"]
 
 # Default zero-shot prompts for the CLIP/SigLIP backend: things a shop kiosk camera sees.
@@ -81,6 +82,11 @@ class PerceptionConfig:
     speech_beam_size: int = 1             # greedy decoding: fast, and accurate enough on short turns
     speech_compute_type: str = "auto"     # CTranslate2: "auto" = int8 on CPU, float16 on CUDA
     speech_cpu_threads: int = 0           # CTranslate2 intra-op threads; 0 = min(4, CPU count)
+    # Encoder input length. "full": every window padded to Whisper's 30 s, as in training.
+    # "fit": the window's audio + at least 5 s of padding, rounded up to 5 s, at least 10 s
+    # (faster-whisper only; openai-whisper's decoder needs 30 s). On kiosk turns (2-5 s) it
+    # transcribes 3.5x faster with the same word error rate (measured in README "Speech").
+    speech_window: SpeechWindow = "fit"
     vad_threshold: float = 0.5            # Silero speech probability above which a chunk is voiced
     vad_min_silence_ms: int = 500         # silence that splits two voiced regions
     vad_speech_pad_ms: int = 200          # padding kept around each voiced region
@@ -146,5 +152,7 @@ class PerceptionConfig:
             raise ConfigError(f"face_min_size_frac must be in (0, 1), got {self.face_min_size_frac}")
         if self.torch_threads is not None and self.torch_threads <= 0:
             raise ConfigError(f"torch_threads must be positive or None, got {self.torch_threads}")
+        if self.speech_window not in ("fit", "full"):
+            raise ConfigError(f"speech_window must be 'fit' or 'full', got {self.speech_window!r}")
         if self.speech_cpu_threads < 0:
             raise ConfigError(f"speech_cpu_threads must be >= 0, got {self.speech_cpu_threads}")

@@ -42,6 +42,9 @@ FRAME_SAMPLES = int(WHISPER_FRAME_S * SAMPLE_RATE)  # 320 samples per encoder fr
 PAD_FRAMES = 16
 PAD_SAMPLES = PAD_FRAMES * FRAME_SAMPLES
 WINDOW_CAPACITY = WINDOW_SAMPLES - 2 * PAD_SAMPLES   # voiced samples per window: 29.36 s
+# "fit" windows (PerceptionConfig.speech_window): encoder input lengths in mel frames (10 ms).
+FIT_BUCKET_FRAMES = 500
+FIT_MIN_FRAMES = 1000
 
 # Whisper encoder width by model size name (d_model = n_audio_state).
 WHISPER_WIDTHS = {"tiny": 384, "base": 512, "small": 768, "medium": 1024, "large": 1280, "turbo": 1280}
@@ -62,14 +65,31 @@ def speech_dim(config: PerceptionConfig) -> int | None:
     return None
 
 
+def effective_window(config: PerceptionConfig) -> str:
+    """"fit" or "full": what the configured backend really does (openai-whisper is always full)."""
+    return config.speech_window if config.speech_backend == "faster-whisper" else "full"
+
+
+def fit_frames(content_frames: int) -> int:
+    """Mel frames (10 ms) the encoder sees in "fit" mode for ``content_frames`` of audio.
+
+    At least 5 s of padding after the audio (Whisper decodes its end of text from seeing
+    silence), rounded up to 5 s so that few distinct shapes occur, at least 10 s, at most 30 s.
+    """
+    bucket, minimum = FIT_BUCKET_FRAMES, FIT_MIN_FRAMES
+    return min(WHISPER_N_FRAMES * 2, max(minimum, -(-(content_frames + bucket) // bucket) * bucket))
+
+
 def speech_identity(config: PerceptionConfig, dim: int) -> str:
-    """Stable across backends for the same weights: both run the same Whisper encoder."""
+    """Names the weights and how they are run: the same Whisper weights give the same features in
+    either backend with full 30 s windows; "fit" windows give slightly different states."""
     if config.speech_model is None:
         name = DEFAULT_SPEECH_NAME
     else:  # a checkpoint file loses its extension; a model directory ("small.en") keeps its name
         path = Path(config.speech_model)
         name = path.stem if path.suffix in (".pt", ".pth", ".bin") else path.name
-    return f"speech:{name}:voiced-mean:{dim}"
+    pooling = "voiced-mean" if effective_window(config) == "full" else "voiced-mean-fit"
+    return f"speech:{name}:{pooling}:{dim}"
 
 
 @dataclass(frozen=True)
@@ -177,6 +197,7 @@ class FasterWhisperBackend:
             hallucination_silence_threshold=None, hotwords=None,
         )
         self.language = language
+        self.fit = effective_window(config) == "fit"
         known = speech_dim(config)
         self.dim = known if known is not None else self._probe_dim()
 
@@ -187,16 +208,19 @@ class FasterWhisperBackend:
         return int(enc.shape[-1])
 
     def _encode(self, chunk: np.ndarray) -> tuple[np.ndarray, Any]:
-        """chunk: (≤480000,) → (log-mel features (80, frames + 1), encoder output (1, 1500, D)).
+        """chunk: (≤480000,) → (log-mel features (80, frames + 1), encoder output (1, T, D)).
 
-        The encoder input is exactly what faster-whisper's generate_segments builds for its
+        Full windows: T = 1500, exactly what faster-whisper's generate_segments builds for its
         first window, so handing it this output gives the same transcript as encoding there.
+        Fit windows: T = fit_frames(...) / 2 — CTranslate2's Whisper encoder takes any length up to
+        30 s, and its cost grows faster than linearly with it (attention over every frame).
         """
         from faster_whisper.audio import pad_or_trim
 
         feats = self.model.feature_extractor(chunk)
         content = min(WHISPER_N_FRAMES * 2, feats.shape[-1] - 1)     # mel frames are 10 ms
-        return feats, self.model.encode(pad_or_trim(feats[:, :content]))
+        length = fit_frames(content) if self.fit else WHISPER_N_FRAMES * 2
+        return feats, self.model.encode(pad_or_trim(feats[:, :content], length))
 
     def run(self, windows: list[np.ndarray]) -> list[WindowResult]:
         import dataclasses
@@ -207,8 +231,8 @@ class FasterWhisperBackend:
         for window in windows:
             feats, enc = self._encode(window)
             host = enc if enc.device == "cpu" else enc.to_device(ctranslate2.Device.cpu)
-            arr = np.asarray(host)                                      # (1, 1500, D)
-            assert arr.shape[:2] == (1, WHISPER_N_FRAMES), arr.shape
+            arr = np.asarray(host)                                      # (1, T ≤ 1500, D)
+            assert arr.shape[0] == 1 and real_frames(window.size) <= arr.shape[1] <= WHISPER_N_FRAMES, arr.shape
             options = dataclasses.replace(self.options)  # generate_segments mutates clip_timestamps
             segments = [RawSegment(s.start, s.end, s.text.strip(), s.avg_logprob, s.no_speech_prob)
                         for s in self.model.generate_segments(feats, self.tokenizer, options, False, enc)]

@@ -25,7 +25,7 @@ def test_nothing_loads_until_used() -> None:
     p = Perception(PerceptionConfig(text_batch_size=13, speech_beam_size=2, top_k=4))
     assert p.identities() == {
         "text": "text:all-MiniLM-L6-v2:mean-l2:384",
-        "speech": "speech:whisper-tiny.en:voiced-mean:384",
+        "speech": "speech:whisper-tiny.en:voiced-mean-fit:384",
         "vision": "vision:efficientnet-lite0:imagenet:1280",
     }
     assert p.feature_dims() == {"text": 384, "speech": 384 + PROSODY_FEATURES, "vision": 1280 + FACE_FEATURES}
