@@ -249,11 +249,13 @@ class Agent:
         return self.fusion.predict([inputs])[0]
 
     async def respond(self, session: Session, perceived: PerceivedTurn,
-                      cancel: asyncio.Event | threading.Event | None = None) -> AsyncIterator[AgentEvent]:
+                      cancel: asyncio.Event | threading.Event | None = None, *,
+                      max_tokens: int | None = None) -> AsyncIterator[AgentEvent]:
         """Stream the events of one turn (see :mod:`agent.events`); always ends with TurnDoneEvent.
 
         Setting ``cancel`` stops the reply (a local model within one decoding step); the turn is
         stored as ``cancelled`` with its partial text. Closing the iterator early does the same.
+        ``max_tokens`` caps this reply's generated tokens below the responder's own limit.
         """
         token = CancelToken()
         watcher: asyncio.Task[Any] | None = None
@@ -322,7 +324,7 @@ class Agent:
 
             if decision.route == "respond" and not cancelled():
                 async for ev in self._respond_with_model(session, perceived, fused, record, timings, token,
-                                                         text_parts, t_fused, actions_done):
+                                                         text_parts, t_fused, actions_done, max_tokens):
                     yield ev
                     if cancelled():
                         break
@@ -411,7 +413,8 @@ class Agent:
     async def _respond_with_model(self, session: Session, perceived: PerceivedTurn, fused: Any,
                                   record: TurnRecord, timings: dict[str, float], token: CancelToken,
                                   text_parts: list[str], t_fused: float,
-                                  actions_done: list[dict[str, Any]]) -> AsyncIterator[AgentEvent]:
+                                  actions_done: list[dict[str, Any]],
+                                  max_tokens: int | None = None) -> AsyncIterator[AgentEvent]:
         t0 = time.perf_counter()
         hits = self.retriever.relevant(self.retrieve(perceived, fused))
         timings["retrieval"] = _ms(time.perf_counter() - t0)
@@ -451,7 +454,8 @@ class Agent:
         timings["prompt"] = _ms(time.perf_counter() - t0)
         timings["prompt_tokens"] = float(prompt.n_tokens)
         record.route = self.responder.name
-        request = ResponderRequest(prompt=prompt, question=question, hits=hits, pack=self.pack)
+        request = ResponderRequest(prompt=prompt, question=question, hits=hits, pack=self.pack,
+                                   max_tokens=max_tokens)
         guard = NumberGuard(allowed) if self.config.policy.guard_prices else None
         # The responder has its own token: the guard stops the model without cancelling the turn.
         rtoken = CancelToken()

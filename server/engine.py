@@ -43,6 +43,9 @@ class Engine:
         self.agent: Any = None
         self._load_lock: asyncio.Lock | None = None
         self.load_error: BaseException | None = None
+        # Turns between their end of input and their first reply delta, over all sessions. While
+        # there are any, background work (camera presence updates) yields the CPU to them.
+        self.turns_in_flight = 0
         self.text = MicroBatcher("text", self._encode_texts, executor=self.executor, enabled=b.enabled,
                                  max_batch=b.text.max_batch, max_wait_ms=b.text.max_wait_ms, metrics=metrics)
         self.frames = MicroBatcher("frames", self._encode_frames, executor=self.executor, enabled=b.enabled,
@@ -146,9 +149,12 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(
             self.light_executor, lambda: self.agent.open_session(session_id=session_id))
 
-    def respond(self, session: Any, perceived: Any, cancel: asyncio.Event) -> AsyncIterator[Any]:
-        """The agent's reply events for one turn (its LLM runs in its own worker thread)."""
-        return self.agent.respond(session, perceived, cancel=cancel)  # type: ignore[no-any-return]
+    def respond(self, session: Any, perceived: Any, cancel: asyncio.Event,
+                max_tokens: int | None = None) -> AsyncIterator[Any]:
+        """The agent's reply events for one turn (its LLM runs in its own worker thread);
+        ``max_tokens``: the session's max_output_tokens (None = the responder's own limit)."""
+        return self.agent.respond(session, perceived, cancel=cancel,  # type: ignore[no-any-return]
+                                  max_tokens=max_tokens)
 
     async def close(self) -> None:
         for b in (self.text, self.frames, self.speech):

@@ -59,6 +59,14 @@ async def collect_until(c: RealtimeClient, type_: str, timeout: float = 90.0,
     raise AssertionError(f"session ended before {type_}: {[e['type'] for e in out]}")
 
 
+def count_tokens(text: str) -> int:
+    """Tokens of ``text`` for the server's local language model (shared by every test server)."""
+    from server.engine import _MODELS
+
+    agent = next(iter(_MODELS.values()))[2]
+    return int(agent.responder.count_tokens(text))
+
+
 def types_of(events: list[dict[str, Any]]) -> list[str]:
     return [e["type"] for e in events]
 
@@ -120,6 +128,28 @@ def test_text_turn(mm_server: Any) -> None:
             fused = next(e for e in evs if e["type"] == "turn.fused")
             assert set(fused["modality_weights"]) <= {"text", "speech", "vision", "context"}
             assert fused["intent"] and 0 <= fused["emotion_confidence"] <= 1
+
+    run(main())
+
+
+def test_session_max_output_tokens_caps_the_reply(mm_server: Any) -> None:
+    """session.max_output_tokens = 2 caps the local model at two tokens for this session only."""
+    async def reply(c: RealtimeClient) -> tuple[int, str]:
+        await c.send_text("Tell me about your opening hours and the service desk.")
+        evs = await collect_until(c, "response.done")
+        deltas = [e["delta"] for e in evs if e["type"] == "response.output_text.delta"]
+        assert evs[-1]["response"]["status"] == "completed"
+        return len(deltas), "".join(deltas)
+
+    async def main() -> None:
+        async with RealtimeClient(mm_server.ws_url) as c:
+            await c.update_session(max_output_tokens=2)
+            n, text = await reply(c)
+            assert 1 <= n <= 2, (n, text)         # one delta per token at most
+            assert count_tokens(text) <= 3, text  # re-tokenising the decoded text may split a token
+        async with RealtimeClient(mm_server.ws_url) as c:   # another session: the server's default
+            n, text = await reply(c)
+            assert n > 2 and count_tokens(text) > 4, text
 
     run(main())
 

@@ -67,6 +67,9 @@ class ResponderRequest:
     hits: Sequence[Retrieved]
     pack: KnowledgePack
     stats: dict[str, float] = field(default_factory=dict)  # filled by the responder (e.g. prompt_tokens)
+    # A per-reply cap on generated tokens (e.g. a server session's max_output_tokens); the
+    # responder's own configured limit applies as well. None: only the responder's limit.
+    max_tokens: int | None = None
 
 
 class Responder(Protocol):

@@ -247,19 +247,24 @@ class LocalLLM:
 
     def generate(self, messages: list[dict[str, str]], on_text: Callable[[str], None],
                  cancel: threading.Event, stats: dict[str, float] | None = None, *,
-                 static_messages: int = 0) -> str:
+                 static_messages: int = 0, max_new_tokens: int | None = None) -> str:
         """Blocking: generate a reply, calling ``on_text`` with each new piece. Returns the text.
 
         The first ``static_messages`` messages are the same on every turn: their KV cache is
         computed once and reused, so only the rest of the prompt is processed per turn.
+        ``max_new_tokens`` lowers the configured reply length for this call only.
         """
+        limit = self.config.max_new_tokens if max_new_tokens is None else \
+            max(1, min(self.config.max_new_tokens, max_new_tokens))
         if self.config.batching:
-            return self._generate_batched(messages, on_text, cancel, stats, static_messages=static_messages)
-        return self._generate_serial(messages, on_text, cancel, stats, static_messages=static_messages)
+            return self._generate_batched(messages, on_text, cancel, stats, static_messages=static_messages,
+                                          max_new_tokens=limit)
+        return self._generate_serial(messages, on_text, cancel, stats, static_messages=static_messages,
+                                     max_new_tokens=limit)
 
     def _generate_batched(self, messages: list[dict[str, str]], on_text: Callable[[str], None],
                           cancel: threading.Event, stats: dict[str, float] | None, *,
-                          static_messages: int) -> str:
+                          static_messages: int, max_new_tokens: int) -> str:
         """:meth:`generate` through the continuous-batching scheduler (the caller's thread only
         waits for token ids and turns them into text)."""
         stats = stats if stats is not None else {}
@@ -267,7 +272,8 @@ class LocalLLM:
         stats["prompt_tokens"] = float(ids.shape[1])
         if cancel.is_set():
             return ""
-        seq = _Seq(ids=ids, static=messages[:static_messages] if static_messages else [], cancel=cancel)
+        seq = _Seq(ids=ids, static=messages[:static_messages] if static_messages else [], cancel=cancel,
+                   max_new_tokens=max_new_tokens)
         with self._batcher_lock:
             if self._batcher is None:
                 self._batcher = _Batcher(self)
@@ -312,7 +318,7 @@ class LocalLLM:
 
     def _generate_serial(self, messages: list[dict[str, str]], on_text: Callable[[str], None],
                          cancel: threading.Event, stats: dict[str, float] | None = None, *,
-                         static_messages: int = 0) -> str:
+                         static_messages: int = 0, max_new_tokens: int) -> str:
         """:meth:`generate` with ``model.generate`` behind the lock (``batching=False``)."""
         from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
@@ -365,7 +371,7 @@ class LocalLLM:
         streamer = _Streamer()
         cfg = self.config
         gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": cfg.max_new_tokens,
+            "max_new_tokens": max_new_tokens,
             "streamer": streamer, "stopping_criteria": StoppingCriteriaList([_CancelCriteria(cancel)]),
             "pad_token_id": self.tokenizer.pad_token_id, "attention_mask": torch.ones_like(ids),
         }
@@ -408,8 +414,10 @@ class _Seq:
     """One reply in the continuous-batching scheduler. ``out`` receives lists of new token ids,
     then ``_DONE`` (or an exception)."""
 
-    def __init__(self, ids: torch.Tensor, static: list[dict[str, str]], cancel: threading.Event) -> None:
+    def __init__(self, ids: torch.Tensor, static: list[dict[str, str]], cancel: threading.Event,
+                 max_new_tokens: int) -> None:
         self.ids = ids
+        self.max_new_tokens = max_new_tokens
         self.static = static
         self.cancel = cancel
         self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -539,7 +547,7 @@ class _Batcher:
             s.after_cancel += 1
         s.next_token = token
         s.out.put([token])
-        if token in self.eos or len(s.generated) >= self.cfg.max_new_tokens:
+        if token in self.eos or len(s.generated) >= s.max_new_tokens:
             self._finish(s)
 
     def _prefill(self, s: _Seq) -> None:
@@ -647,6 +655,6 @@ class LocalResponder:
     def stream(self, request: ResponderRequest, cancel: CancelToken) -> AsyncIterator[Chunk]:
         def target(emit: Callable[[Any], None]) -> None:
             self.llm.generate(request.prompt.messages, emit, cancel, request.stats,
-                              static_messages=request.prompt.static_messages)
+                              static_messages=request.prompt.static_messages, max_new_tokens=request.max_tokens)
 
         return stream_from_thread(target, name="local-llm")

@@ -59,7 +59,7 @@ class OpenAIResponder:
     def body(self, request: ResponderRequest) -> dict[str, Any]:
         cfg = self.config
         body: dict[str, Any] = {"model": cfg.model, "messages": request.prompt.messages, "stream": True,
-                                "max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
+                                "max_tokens": _cap(cfg.max_tokens, request.max_tokens), "temperature": cfg.temperature}
         if cfg.use_tools and request.pack.actions:
             body["tools"] = request.pack.tools()
         return body
@@ -158,6 +158,10 @@ class OpenAIResponder:
 
     def stream(self, request: ResponderRequest, cancel: CancelToken) -> AsyncIterator[Chunk]:
         return stream_from_thread(lambda emit: self.run(request, emit, cancel), name="openai-sse")
+
+
+def _cap(limit: int, request_cap: int | None) -> int:
+    return limit if request_cap is None else max(1, min(limit, request_cap))
 
 
 def _shutdown(sock: socket.socket) -> None:
