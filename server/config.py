@@ -83,6 +83,9 @@ class PipelineConfig:
     require_fusion: bool = False      # False: start without fusion when no checkpoint loads (logged)
     max_output_tokens: int = 96
     presence_interval_ms: int = 1000
+    # Frames a turn perceives: its newest ones (the fusion core was trained on one image per
+    # turn; several are averaged). The others stay buffered for later turns until they expire.
+    frames_per_turn: int = 1
     respond_timeout_s: float = 60.0
 
 
@@ -129,6 +132,8 @@ class ServerConfig:
             b: BatchConfig = getattr(self.batching, bname)
             if b.max_batch < 1 or b.max_wait_ms < 0:
                 raise ConfigError(f"batching.{bname}: max_batch must be >= 1 and max_wait_ms >= 0")
+        if self.pipeline.frames_per_turn < 1:
+            raise ConfigError("pipeline.frames_per_turn must be >= 1")
         if self.batching.model_threads < 1:
             raise ConfigError("batching.model_threads must be >= 1")
         if any(not t or any(c.isspace() for c in t) for t in self.tokens):

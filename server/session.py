@@ -39,6 +39,25 @@ _NO_FUSION: dict[str, Any] = {"intent": None, "intent_confidence": None, "intent
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 
 
+# While turns wait for their first delta, a session's presence update waits up to this many
+# presence intervals.
+PRESENCE_DEFER_FACTOR = 3
+
+
+class WaitingTurn:
+    """Counts one turn in ``engine.turns_in_flight`` from its end of input to its first delta."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.engine.turns_in_flight += 1
+        self.counted = True
+
+    def release(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.engine.turns_in_flight -= 1
+
+
 @dataclass
 class Frame:
     """One camera frame kept by the session; its encoding is computed at most once."""
@@ -399,8 +418,12 @@ class Session:
         self.frames.append(Frame(payload, time.monotonic(), eid))
         s = self.settings
         now = time.monotonic()
-        if (s.presence_updates and now - self._last_presence >= s.presence_interval_ms / 1000.0
-                and (self._presence_task is None or self._presence_task.done())):
+        interval = s.presence_interval_ms / 1000.0
+        # Presence is background work: while any session's turn waits for its first reply delta
+        # it is deferred (at most PRESENCE_DEFER_FACTOR intervals), so turns get the CPU first.
+        busy = self.server.engine.turns_in_flight > 0
+        due = now - self._last_presence >= interval * (PRESENCE_DEFER_FACTOR if busy else 1)
+        if s.presence_updates and due and (self._presence_task is None or self._presence_task.done()):
             self._last_presence = now
             self._presence_task = self._spawn(self._presence(self.frames[-1]), name="presence")
 
@@ -511,7 +534,7 @@ class Session:
 
     def _start_response(self, metadata: dict[str, Any] | None, eid: str | None) -> None:
         pending, self.pending = self.pending, PendingTurn()
-        frames = self._recent_frames()
+        frames = self._recent_frames()[-self.server.config.pipeline.frames_per_turn:]
         self._spawn(self._answer(pending, frames, metadata), name="answer")
 
     async def on_response_cancel(self, ev: dict[str, Any], eid: str | None) -> None:
@@ -530,6 +553,14 @@ class Session:
 
     async def _answer(self, pending: PendingTurn, frames: list[Frame], metadata: dict[str, Any] | None) -> None:
         """Perceive one turn and stream the agent's reply (one turn at a time per session)."""
+        waiting = WaitingTurn(self.server.engine)
+        try:
+            await self._answer_locked(pending, frames, metadata, waiting)
+        finally:
+            waiting.release()
+
+    async def _answer_locked(self, pending: PendingTurn, frames: list[Frame], metadata: dict[str, Any] | None,
+                             waiting: WaitingTurn) -> None:
         async with self._turn_lock:
             speech = None
             if pending.speech is not None:
@@ -541,13 +572,14 @@ class Session:
                          metadata=metadata)
             self.response = r
             try:
-                await self._stream_response(r, pending, frames, speech)
+                await self._stream_response(r, pending, frames, speech, waiting)
             except MMAgentError as exc:
                 await self._fail(r, exc.code, str(exc))
             finally:
                 self.response = None
 
-    async def _stream_response(self, r: Response, pending: PendingTurn, frames: list[Frame], speech: Any) -> None:
+    async def _stream_response(self, r: Response, pending: PendingTurn, frames: list[Frame], speech: Any,
+                               waiting: WaitingTurn) -> None:
         from agent import PerceivedTurn
 
         m, engine = self.server.metrics, self.server.engine
@@ -596,7 +628,7 @@ class Session:
         t_respond = time.perf_counter()
         first_delta: float | None = None
         done_ev: Any = None
-        agen = engine.respond(self.agent_session, perceived, r.cancel)
+        agen = engine.respond(self.agent_session, perceived, r.cancel, self.settings.max_output_tokens)
         r.in_agent = True
         try:
             async for ev in agen:
@@ -613,6 +645,7 @@ class Session:
                 elif kind == "text.delta":
                     if first_delta is None:
                         first_delta = time.perf_counter()
+                        waiting.release()
                         m.stage.observe(first_delta - t_respond, stage="first_delta")
                     r.text.append(ev.delta)
                     await self.send(P.event("response.output_text.delta", response_id=r.id, item_id=r.item_id,
