@@ -106,6 +106,8 @@ class ServerConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     agent: dict[str, Any] = field(default_factory=dict)   # agent.AgentConfig as nested dicts
+    # perception.PerceptionConfig fields (own models by path, devices, threads, limits, ...)
+    perception: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> ServerConfig:
         """Raise ConfigError naming the first bad value; return self."""
@@ -132,6 +134,7 @@ class ServerConfig:
             b: BatchConfig = getattr(self.batching, bname)
             if b.max_batch < 1 or b.max_wait_ms < 0:
                 raise ConfigError(f"batching.{bname}: max_batch must be >= 1 and max_wait_ms >= 0")
+        self.perception_config()   # raises ConfigError naming a bad perception.* key or value
         if self.pipeline.frames_per_turn < 1:
             raise ConfigError("pipeline.frames_per_turn must be >= 1")
         if self.batching.model_threads < 1:
@@ -143,6 +146,12 @@ class ServerConfig:
                 f"refusing to listen on {self.host!r} without an API token: set tokens (MMAGENT_TOKENS) "
                 "or allow_remote_without_token (--insecure-no-token)")
         return self
+
+    def perception_config(self) -> Any:
+        """The ``perception`` section as a validated :class:`perception.PerceptionConfig`."""
+        from perception import PerceptionConfig
+
+        return _from_dict(PerceptionConfig, self.perception, "perception.")
 
     def masked(self) -> dict[str, Any]:
         """The configuration as a dict, secrets replaced by ``***``."""

@@ -73,7 +73,7 @@ class Engine:
         from server.vad import load_silero
 
         key = json.dumps([self.config.pack, self.config.pipeline.fusion_checkpoint, self.config.state_dir,
-                          self.config.agent], sort_keys=True, default=str)
+                          self.config.agent, self.config.perception], sort_keys=True, default=str)
         with _MODELS_LOCK:
             if key not in _MODELS:
                 _MODELS[key] = self._build_models()
@@ -85,10 +85,10 @@ class Engine:
     def _build_models(self) -> tuple[Any, Any, Any]:
         from agent import Agent
         from fusion import FusionPredictor
-        from perception import Perception, PerceptionConfig
+        from perception import Perception
 
         t0 = time.perf_counter()
-        perception = Perception(PerceptionConfig())
+        perception = Perception(self.config.perception_config())
         perception.warmup()
         fusion: Any = None
         try:

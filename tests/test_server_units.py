@@ -106,6 +106,19 @@ def test_config_file_env_flags_and_mask(tmp_path) -> None:
         load_config(None, env={"MMAGENT_LIMITS_MAX_SESSIONS": "many"})
 
 
+def test_perception_section_builds_a_validated_perception_config(tmp_path) -> None:
+    """``perception:`` in the server config reaches PerceptionConfig; its errors name the key."""
+    f = tmp_path / "c.yaml"
+    f.write_text("perception:\n  speech_window: full\n  speech_cpu_threads: 1\n  limits:\n    max_image_pixels: 1000000\n")
+    pc = load_config(f, env={}).perception_config()
+    assert (pc.speech_window, pc.speech_cpu_threads, pc.limits.max_image_pixels) == ("full", 1, 1_000_000)
+    assert load_config(None, env={}).perception_config().speech_window == "fit"
+    with pytest.raises(ConfigError, match=r"perception\.nope"):
+        load_config(None, env={}, overrides={"perception": {"nope": 1}})
+    with pytest.raises(ConfigError, match="speech_window"):
+        load_config(None, env={}, overrides={"perception": {"speech_window": "half"}})
+
+
 def test_remote_bind_needs_a_token() -> None:
     """No token configured: binding a non-local host is refused unless explicitly allowed."""
     with pytest.raises(ConfigError, match="token"):
