@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 # session or a benchmark starts several servers; each must not load the models again).
 _MODELS: dict[str, tuple[Any, Any, Any]] = {}
 _MODELS_LOCK = threading.Lock()
+TEXT_CACHE_SIZE = 256
 
 
 class Engine:
@@ -46,6 +48,9 @@ class Engine:
         # Turns between their end of input and their first reply delta, over all sessions. While
         # there are any, background work (camera presence updates) yields the CPU to them.
         self.turns_in_flight = 0
+        # Recent text encodings by text (a turn's text is often encoded ahead, during its
+        # end-of-turn silence); futures, so a request arriving mid-encode waits for that one.
+        self._text_cache: OrderedDict[str, asyncio.Future[Any]] = OrderedDict()
         self.text = MicroBatcher("text", self._encode_texts, executor=self.executor, enabled=b.enabled,
                                  max_batch=b.text.max_batch, max_wait_ms=b.text.max_wait_ms, metrics=metrics)
         self.frames = MicroBatcher("frames", self._encode_frames, executor=self.executor, enabled=b.enabled,
@@ -131,7 +136,24 @@ class Engine:
 
     async def encode_text(self, text: str) -> Any:
         await self.ensure_loaded()
-        return await self.text.submit(text)
+        return await asyncio.shield(self._text_future(text))
+
+    def prefetch_text(self, text: str) -> None:
+        """Start encoding ``text`` now (models loaded); a later ``encode_text(text)`` reuses it."""
+        if self.loaded:
+            self._text_future(text)
+
+    def _text_future(self, text: str) -> asyncio.Future[Any]:
+        fut = self._text_cache.get(text)
+        if fut is not None and not (fut.done() and (fut.cancelled() or fut.exception() is not None)):
+            self._text_cache.move_to_end(text)
+            return fut
+        fut = asyncio.ensure_future(self.text.submit(text))
+        fut.add_done_callback(_retrieve)   # a prefetch nobody awaits must not log "never retrieved"
+        self._text_cache[text] = fut
+        while len(self._text_cache) > TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
+        return fut
 
     async def encode_frame(self, image: bytes) -> Any:
         await self.ensure_loaded()
@@ -157,7 +179,15 @@ class Engine:
                                   max_tokens=max_tokens)
 
     async def close(self) -> None:
+        for fut in self._text_cache.values():
+            fut.cancel()
+        self._text_cache.clear()
         for b in (self.text, self.frames, self.speech):
             await b.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.light_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -44,6 +44,23 @@ _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 PRESENCE_DEFER_FACTOR = 3
 
 
+@dataclass
+class Speculation:
+    """Transcription started after a short pause (``vad.speculative_ms``), before the turn ends."""
+
+    token: int                      # the VAD's pause token; a later pause or more speech voids it
+    task: asyncio.Task[Any]         # -> SpeechEncoding
+    frames: list[Frame]             # the turn's frames, chosen as the speech ended
+
+
+def _turn_text(typed: list[str], speech: Any) -> str:
+    """The turn's text: typed messages, then the transcript (docs/CONTRACTS.md)."""
+    texts = list(typed)
+    if speech is not None and speech.transcript.strip():
+        texts.append(speech.transcript.strip())
+    return " ".join(texts)
+
+
 class WaitingTurn:
     """Counts one turn in ``engine.turns_in_flight`` from its end of input to its first delta."""
 
@@ -127,7 +144,7 @@ class Session:
         self._turn_lock = asyncio.Lock()
         self._last_presence = 0.0
         self._presence_task: asyncio.Task[Any] | None = None
-        self._speculation: tuple[int, asyncio.Task[Any]] | None = None   # (pause token, transcription)
+        self._speculation: Speculation | None = None
         self.after_created: list[dict[str, Any]] = []   # events sent right after session.created
         self.closed = False
         self.fatal: BaseException | None = None
@@ -316,24 +333,32 @@ class Session:
                 await self._speech_started(e.audio_start_ms)
             elif isinstance(e, SpeechPaused):
                 self._take_speculation(None)   # speech resumed after an earlier pause: that one is stale
-                task = self._spawn(self.server.engine.encode_speech(e.audio, self.settings.rate), name="speculate")
-                self._speculation = (e.token, task)
+                frames = self._turn_frames()   # what the camera saw as the speech ended
+                task = self._spawn(self._speculate(e.audio, frames), name="speculate")
+                self._speculation = Speculation(e.token, task, frames)
             elif isinstance(e, SpeechStopped):
                 await self._speech_stopped(e.audio_end_ms, e.audio, e.paused_token)
 
-    def _drop_speculation(self) -> asyncio.Task[Any] | None:
-        """Forget the speculative transcription; return it (not cancelled) for the caller to use."""
-        spec, self._speculation = self._speculation, None
-        return spec[1] if spec is not None else None
+    async def _speculate(self, audio: np.ndarray, frames: list[Frame]) -> Any:
+        """Transcribe during the end-of-turn silence; meanwhile analyse the turn's frames and,
+        once the transcript is known, encode the turn's text, so that the turn, if the silence
+        lasts, starts with its perception done (frame analyses are kept on the frames, texts in
+        the engine's cache)."""
+        for f in frames:
+            self._frame_encoding(f)
+        enc = await self.server.engine.encode_speech(audio, self.settings.rate)
+        text = _turn_text(self.pending.texts, enc)
+        if text:
+            self.server.engine.prefetch_text(text)
+        return enc
 
-    def _take_speculation(self, token: int | None) -> asyncio.Task[Any] | None:
-        """The speculative transcription of pause ``token`` if it is the one running; cancel others."""
-        spec = self._speculation
-        task = self._drop_speculation()
-        if task is not None and (token is None or spec is None or spec[0] != token):
-            task.cancel()
+    def _take_speculation(self, token: int | None) -> Speculation | None:
+        """The speculation of pause ``token`` if it is the one running; cancel any other."""
+        spec, self._speculation = self._speculation, None
+        if spec is not None and (token is None or spec.token != token):
+            spec.task.cancel()
             return None
-        return task
+        return spec
 
     async def _speech_started(self, start_ms: int) -> None:
         self.speech_item_id = P.new_id("item")
@@ -372,17 +397,18 @@ class Session:
         await self._commit_audio(P.new_id("item"), audio, respond=True)
 
     async def _commit_audio(self, item_id: str, audio: np.ndarray, *, respond: bool,
-                            speculation: asyncio.Task[Any] | None = None) -> None:
+                            speculation: Speculation | None = None) -> None:
         prev, self.last_item_id = self.last_item_id, item_id
         await self.send(P.event("input_audio_buffer.committed", previous_item_id=prev, item_id=item_id))
         await self.send(P.event("conversation.item.added", previous_item_id=prev, item={
             "id": item_id, "object": "realtime.item", "type": "message", "role": "user", "status": "completed",
             "content": [{"type": "input_audio", "transcript": None}]}))
-        speech = self._spawn(self._transcribe(item_id, audio, speculation), name="transcribe")
+        speech = self._spawn(self._transcribe(item_id, audio, speculation.task if speculation else None),
+                             name="transcribe")
         self.pending.speech = speech
         self.pending.item_id = item_id
         if respond:
-            self._start_response(None, None)
+            self._start_response(None, None, frames=speculation.frames if speculation else None)
 
     async def _transcribe(self, item_id: str, audio: np.ndarray, speculation: asyncio.Task[Any] | None = None) -> Any:
         t0 = time.perf_counter()
@@ -532,9 +558,15 @@ class Session:
                                 event_id=eid)
         self._start_response(metadata, eid)
 
-    def _start_response(self, metadata: dict[str, Any] | None, eid: str | None) -> None:
+    def _turn_frames(self) -> list[Frame]:
+        return self._recent_frames()[-self.server.config.pipeline.frames_per_turn:]
+
+    def _start_response(self, metadata: dict[str, Any] | None, eid: str | None, *,
+                        frames: list[Frame] | None = None) -> None:
+        """``frames``: the turn's frames when chosen earlier (at the end of its speech)."""
         pending, self.pending = self.pending, PendingTurn()
-        frames = self._recent_frames()[-self.server.config.pipeline.frames_per_turn:]
+        if frames is None:
+            frames = self._turn_frames()
         self._spawn(self._answer(pending, frames, metadata), name="answer")
 
     async def on_response_cancel(self, ev: dict[str, Any], eid: str | None) -> None:
@@ -586,10 +618,7 @@ class Session:
         await self.send(P.event("response.created", response=_response_json(r, "in_progress", None, [])))
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
-        texts = list(pending.texts)
-        if speech is not None and speech.transcript.strip():
-            texts.append(speech.transcript.strip())
-        text = " ".join(texts)
+        text = _turn_text(pending.texts, speech)
         try:
             t0 = time.perf_counter()
             text_task = asyncio.ensure_future(engine.encode_text(text)) if text else None

@@ -59,6 +59,12 @@ async def collect_until(c: RealtimeClient, type_: str, timeout: float = 90.0,
     raise AssertionError(f"session ended before {type_}: {[e['type'] for e in out]}")
 
 
+def torch_cos(a: Any, b: Any) -> Any:
+    import torch
+
+    return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+
+
 def count_tokens(text: str) -> int:
     """Tokens of ``text`` for the server's local language model (shared by every test server)."""
     from server.engine import _MODELS
@@ -152,6 +158,22 @@ def test_session_max_output_tokens_caps_the_reply(mm_server: Any) -> None:
             assert n > 2 and count_tokens(text) > 4, text
 
     run(main())
+
+
+def test_text_prefetch_is_reused(mm_server: Any) -> None:
+    """A text encoded ahead (as during a turn's end-of-turn silence) is not encoded again."""
+    engine = mm_server.server.engine
+
+    async def probe() -> tuple[Any, Any, Any]:
+        engine.prefetch_text("Where is the service desk, please?")
+        a = await engine.encode_text("Where is the service desk, please?")
+        b = await engine.encode_text("Where is the service desk, please?")
+        c = await engine.encode_text("Where are the toilets, please?")
+        return a, b, c
+
+    a, b, c = asyncio.run_coroutine_threadsafe(probe(), mm_server.loop).result(60)
+    assert a is b and c is not a
+    assert float(torch_cos(a.embedding, c.embedding)) < 0.99
 
 
 def test_speech_turn_streamed_at_real_time(mm_server: Any) -> None:
