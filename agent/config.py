@@ -51,8 +51,14 @@ class LocalLLMConfig:
     threads: int | None = None              # torch CPU threads; None = leave torch's default
     batching: bool = True                   # continuous batching of concurrent replies (False = one at a time)
     max_batch: int = 16                     # most replies decoded together in one forward pass
+    # KV caches of recent prompts kept for reuse (batched path): a new prompt starts from the
+    # longest prefix it shares with one of them (the same session's history; the same facts
+    # for the same question in any session). Each holds ~46 KB per token for SmolLM2-135M.
+    prompt_cache_entries: int = 8
 
     def validate(self) -> LocalLLMConfig:
+        if self.prompt_cache_entries < 0:
+            raise ConfigError(f"responder.local.prompt_cache_entries must be >= 0, got {self.prompt_cache_entries}")
         if self.max_new_tokens < 1 or self.max_new_tokens > 4096:
             raise ConfigError(f"responder.local.max_new_tokens must be in 1..4096, got {self.max_new_tokens}")
         if self.temperature < 0:

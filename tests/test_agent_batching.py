@@ -126,3 +126,27 @@ def test_batch_size_is_capped_and_cancel_while_queued(local_llm: Any) -> None:
         early.cancel.set()
         run_all([early])
         assert early.text == "" and "generated_tokens" not in early.stats
+
+
+def test_prompt_cache_reuses_the_longest_shared_prefix(local_llm: Any, serial: dict[str, str]) -> None:
+    """A prompt starts from the KV cache of the longest prefix it shares with a recent prompt:
+    the same prompt again runs one token; the text is the same greedy reply as without caches."""
+    q = QUESTIONS[1]
+    with settings(local_llm, batching=True, max_new_tokens=MAX_NEW):
+        first = Stream(local_llm, q)
+        run_all([first])
+        again = Stream(local_llm, q)
+        run_all([again])
+        other = Stream(local_llm, QUESTIONS[2])   # shares the system message and the user header
+        run_all([other])
+    total = again.stats["prompt_tokens"]
+    assert again.stats["cached_prompt_tokens"] == total - 1
+    assert again.text == first.text == serial[q]
+    system_len = local_llm.encode_chat([SYSTEM], add_generation_prompt=False).shape[1]
+    assert system_len < other.stats["cached_prompt_tokens"] < other.stats["prompt_tokens"]
+    assert other.text == serial[QUESTIONS[2]]
+    with settings(local_llm, batching=True, max_new_tokens=MAX_NEW, prompt_cache_entries=0):
+        local_llm._prompt_caches.clear()
+        plain = Stream(local_llm, q)
+        run_all([plain])
+    assert plain.stats["cached_prompt_tokens"] == system_len and plain.text == serial[q]

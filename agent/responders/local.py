@@ -32,11 +32,12 @@ import queue
 import shutil
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from perception.errors import ConfigError, ModelLoadError
@@ -112,6 +113,10 @@ class LocalLLM:
         # KV caches of static prompt prefixes (persona + few-shot examples), newest last.
         self._prefix_caches: dict[tuple[int, ...], Any] = {}
         self.max_prefix_caches = 4
+        # KV caches of recent whole prompts (ids, cache), least recently used first; see
+        # LocalLLMConfig.prompt_cache_entries. Used by the batching scheduler's thread only.
+        self._prompt_caches: OrderedDict[tuple[int, ...], tuple[np.ndarray, list[tuple[torch.Tensor, torch.Tensor]]]] \
+            = OrderedDict()
         self._batcher: _Batcher | None = None
         self._batcher_lock = threading.Lock()
 
@@ -244,6 +249,43 @@ class LocalLLM:
         while len(self._prefix_caches) > self.max_prefix_caches:
             self._prefix_caches.pop(next(iter(self._prefix_caches)))
         return copy.deepcopy(cache)
+
+    def _reusable_cache(self, ids: torch.Tensor, static: list[dict[str, str]]) -> Any | None:
+        """A fresh KV cache covering the longest prefix of ``ids`` whose cache is known: a recent
+        prompt's (cut to the shared prefix) or the static messages'. At least one token of ``ids``
+        is left to run (its logits give the first new token). Call with the generation lock held."""
+        row = ids[0].cpu().numpy()
+        best_key, best_n = None, 0
+        for key, (kids, _) in self._prompt_caches.items():
+            n = _common_prefix(row, kids)
+            if n > best_n:
+                best_key, best_n = key, n
+        best_n = min(best_n, len(row) - 1)
+        static_cache = self._prefix_cache(ids, static) if static else None
+        if static_cache is not None and static_cache.get_seq_length() >= best_n:
+            return static_cache
+        if best_key is None or best_n <= 0:
+            return static_cache
+        from transformers import DynamicCache
+
+        self._prompt_caches.move_to_end(best_key)
+        cache = DynamicCache(config=self.model.config)
+        for i, (k, v) in enumerate(self._prompt_caches[best_key][1]):
+            cache.update(k[:, :, :best_n], v[:, :, :best_n], i)   # copies the shared prefix
+        return cache
+
+    def _remember_prompt(self, ids: torch.Tensor, cache: Any) -> None:
+        """Keep a copy of a just-prefilled prompt's KV cache for later prompts sharing its prefix."""
+        limit = self.config.prompt_cache_entries
+        if limit <= 0:
+            return
+        key = tuple(ids[0].tolist())
+        self._prompt_caches.pop(key, None)
+        # References, not copies: the cache's tensors are never written in place (each decoding
+        # step and each change of the batch makes new tensors), only its layer objects change.
+        self._prompt_caches[key] = (ids[0].cpu().numpy(), [(layer.keys, layer.values) for layer in cache.layers])
+        while len(self._prompt_caches) > limit:
+            self._prompt_caches.popitem(last=False)
 
     def generate(self, messages: list[dict[str, str]], on_text: Callable[[str], None],
                  cancel: threading.Event, stats: dict[str, float] | None = None, *,
@@ -558,7 +600,7 @@ class _Batcher:
             self._finish(s)
             return
         llm, ids = self.llm, s.ids
-        cache = llm._prefix_cache(ids, s.static) if s.static else None
+        cache = llm._reusable_cache(ids, s.static)
         if cache is None:
             cache = DynamicCache(config=llm.model.config)
         s.cached = n = cache.get_seq_length()
@@ -567,6 +609,7 @@ class _Batcher:
                         cache_position=torch.arange(n, total, device=ids.device), use_cache=True,
                         logits_to_keep=1)
         s.cache, s.length = out.past_key_values, total
+        llm._remember_prompt(ids, s.cache)
         self._emit(s, self._choose(s, out.logits[:, -1, :]))
 
     def _join(self, s: _Seq) -> None:
@@ -628,6 +671,13 @@ class _Batcher:
             s.length += 1
             self._emit(s, self._choose(s, logits[i:i + 1]))
         self._drop([s for s in self.active if s.done])
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the longest common prefix of two 1-D token id arrays."""
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if diff.size else n
 
 
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
