@@ -407,8 +407,10 @@ class Agent:
     def prompt_for(self, session: Session, question: str, hits: Sequence[Retrieved], summary: dict[str, Any],
                    fused: Any) -> Prompt:
         """The prompt this agent would send (used by respond; handy for inspection and tests)."""
-        return build_prompt(self.pack, question, hits, summary=summary, fused=fused, history=session.history(),
-                            config=self.config.prompt, count_tokens=self.responder.count_tokens)
+        offset, history = session.history_window()
+        return build_prompt(self.pack, question, hits, summary=summary, fused=fused, history=history,
+                            history_offset=offset, config=self.config.prompt,
+                            count_tokens=self.responder.count_tokens)
 
     async def _respond_with_model(self, session: Session, perceived: PerceivedTurn, fused: Any,
                                   record: TurnRecord, timings: dict[str, float], token: CancelToken,

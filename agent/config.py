@@ -196,6 +196,7 @@ class PromptConfig:
 
     max_prompt_tokens: int = 600
     history_tokens: int = 150        # recent turns kept, newest first, within this budget
+    history_stride: int = 3          # the oldest kept turn moves in steps of this many turns (KV reuse)
     max_entry_chars: int = 400       # one retrieved entry is cut to this length
 
     def validate(self) -> PromptConfig:
@@ -203,6 +204,8 @@ class PromptConfig:
             raise ConfigError(f"prompt.max_prompt_tokens must be >= 64, got {self.max_prompt_tokens}")
         if self.history_tokens < 0:
             raise ConfigError("prompt.history_tokens must be >= 0")
+        if self.history_stride < 1:
+            raise ConfigError("prompt.history_stride must be >= 1")
         return self
 
 

@@ -79,13 +79,17 @@ def build_prompt(
     summary: dict[str, Any] | None = None,
     fused: Any | None = None,
     history: Sequence[tuple[str, str]] = (),
+    history_offset: int = 0,
     config: PromptConfig | None = None,
     count_tokens: CountFn = approx_tokens,
 ) -> Prompt:
     """Build the chat messages for one turn.
 
     ``hits``: retrieved entries, best first (only relevant ones should be passed).
-    ``history``: (user text, reply) of earlier turns, oldest first.
+    ``history``: (user text, reply) of earlier turns, oldest first; ``history_offset``: the
+    session-wide index of ``history[0]``. The oldest turn kept starts only at multiples of
+    ``config.history_stride`` (session-wide), so that from one turn to the next the prompt
+    usually only grows at its end and a responder can reuse the previous prompt's KV cache.
     """
     cfg = config or PromptConfig()
     system = f"{pack.persona}\n{pack.instructions}"
@@ -110,19 +114,25 @@ def build_prompt(
         shots += [{"role": "user", "content": user_message(ex.facts, ex.question, "")},
                   {"role": "assistant", "content": ex.answer}]
 
-    # History, newest first, within its own budget.
-    hist_msgs: list[dict[str, str]] = []
+    # History, newest first, within its own budget; then the oldest kept moves forward to a
+    # session-wide multiple of the stride.
+    pairs = [(history_offset + i, u, r) for i, (u, r) in enumerate(history) if u or r]
+    chosen: list[tuple[int, str, str]] = []
     used = 0
-    kept = 0
-    for user_text, reply in reversed(list(history)):
-        if not user_text and not reply:
-            continue
+    for index, user_text, reply in reversed(pairs):
         cost = count_tokens(user_text) + count_tokens(reply) + 8
         if used + cost > cfg.history_tokens:
             break
-        hist_msgs[:0] = [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}]
+        chosen.insert(0, (index, user_text, reply))
         used += cost
-        kept += 1
+    if chosen and chosen[0][0] > 0 and cfg.history_stride > 1:   # older turns were left out
+        start = -(-chosen[0][0] // cfg.history_stride) * cfg.history_stride
+        if chosen[-1][0] >= start:
+            chosen = [c for c in chosen if c[0] >= start]
+    hist_msgs: list[dict[str, str]] = []
+    for _, user_text, reply in chosen:
+        hist_msgs += [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}]
+    kept = len(chosen)
 
     def total(msgs: list[dict[str, str]]) -> int:
         return sum(count_tokens(m["content"]) + 4 for m in msgs)

@@ -76,8 +76,13 @@ class Session:
 
     def history(self, n: int = 6) -> list[tuple[str, str]]:
         """(user text, reply) of the last ``n`` completed turns that have both, oldest first."""
+        return self.history_window(n)[1]
+
+    def history_window(self, n: int = 6) -> tuple[int, list[tuple[str, str]]]:
+        """(index of the first one among all such turns, the last ``n`` of them)."""
         done = [(t.text, t.reply) for t in self.turns if t.status == "completed" and t.text and t.reply]
-        return done[-n:]
+        kept = done[-n:]
+        return len(done) - len(kept), kept
 
     def negative_streak(self, min_confidence: float = 0.5) -> int:
         """Consecutive negative-emotion turns at the end, not counting turns before a handoff."""

@@ -90,3 +90,29 @@ def test_unparsable_and_missing_files(tmp_path: Path) -> None:
     data = yaml.safe_load((DEFAULT_PACK_DIR / "intents.yaml").read_text())
     (root / "intents.json").write_text(json.dumps(data))
     assert set(load_pack(root).intents) == set(INTENTS)
+
+
+def test_history_window_moves_in_strides_so_prompts_share_prefixes() -> None:
+    """With more history than the budget holds, the oldest turn kept moves in steps of
+    ``history_stride`` turns: over consecutive turns the prompt mostly grows at its end."""
+    from agent.config import PromptConfig
+    from agent.prompt import build_prompt
+
+    pack = load_pack()
+    cfg = PromptConfig(history_tokens=60, history_stride=3)
+    turns = [(f"question number {i}", f"answer number {i}") for i in range(12)]
+    starts = []
+    for n in range(4, 12):
+        history = turns[max(0, n - 6):n]
+        prompt = build_prompt(pack, "where is the service desk?", [], history=history,
+                              history_offset=max(0, n - 6), config=cfg)
+        users = [m["content"] for m in prompt.messages[prompt.static_messages:-1] if m["role"] == "user"]
+        assert users, n
+        first = int(users[0].rsplit(" ", 1)[1])
+        assert first % 3 == 0 and users[-1] == f"question number {n - 1}"
+        starts.append(first)
+    assert starts == sorted(starts) and len(set(starts)) < len(starts)   # it stays put for a while
+    # stride 1: the newest turns that fit, as before
+    one = build_prompt(pack, "q?", [], history=turns[:7], config=PromptConfig(history_tokens=60, history_stride=1))
+    kept = [m["content"] for m in one.messages[one.static_messages:-1] if m["role"] == "user"]
+    assert kept[-1] == "question number 6" and kept[0] != "question number 0"
