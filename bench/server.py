@@ -70,9 +70,12 @@ def frames() -> list[bytes]:
 class ServerProcess:
     """``mmagent serve`` in a subprocess on a free port; RSS sampled in a thread."""
 
-    def __init__(self, batching: bool, max_new_tokens: int, state_dir: str) -> None:
+    def __init__(self, batching: bool, max_new_tokens: int, state_dir: str, prompt_cache: int | None = None) -> None:
+        local: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if prompt_cache is not None:
+            local["prompt_cache_entries"] = prompt_cache
         cfg = {"port": 0, "state_dir": state_dir, "limits": {"max_sessions": 256, "max_sessions_per_token": 256},
-               "agent": {"responder": {"local": {"max_new_tokens": max_new_tokens}}}}
+               "agent": {"responder": {"local": local}}}
         self.cfg_file = Path(state_dir) / f"bench_{'on' if batching else 'off'}.json"
         self.cfg_file.write_text(json.dumps(cfg))
         cmd = [sys.executable, "-m", "server.cli", "serve", "--config", str(self.cfg_file)]
@@ -229,6 +232,34 @@ def stage_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str,
     return out
 
 
+def _turn_rows(state: str, after: int) -> list[tuple[int, str]]:
+    import sqlite3
+
+    db = Path(state) / "sessions.sqlite3"
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as con:
+        return list(con.execute("SELECT rowid, data FROM turns WHERE rowid > ? ORDER BY rowid", (after,)))
+
+
+def max_rowid(state: str) -> int:
+    rows = _turn_rows(state, 0)
+    return rows[-1][0] if rows else 0
+
+
+def prompt_stats(state: str, after: int) -> dict[str, Any]:
+    """Prompt tokens of the turns stored since row ``after``: total and actually run (not taken
+    from a KV cache), medians, from each turn's stored timings."""
+    total, run = [], []
+    for _, data in _turn_rows(state, after):
+        t = json.loads(data).get("timings") or {}
+        if "prompt_tokens" in t:
+            total.append(t["prompt_tokens"])
+            run.append(t["prompt_tokens"] - t.get("cached_prompt_tokens", 0.0))
+    return {"turns": len(total), "prompt_median": float(np.median(total)) if total else None,
+            "prefilled_median": float(np.median(run)) if run else None}
+
+
 def pct(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)) * 1000, 1) if xs else None
 
@@ -266,6 +297,8 @@ def main() -> int:
     ap.add_argument("--arrival", nargs="+", default=["burst", "staggered"], choices=["burst", "staggered"],
                     help="clients start together, or spread over --stagger-s (N > 1)")
     ap.add_argument("--stagger-s", type=float, default=4.0)
+    ap.add_argument("--prompt-cache", type=int, default=None,
+                    help="agent.responder.local.prompt_cache_entries (default: the server's, 8; 0 = off)")
     ap.add_argument("--max-new-tokens", type=int, default=24, help="reply length cap of the local LLM")
     ap.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"], help="micro-batching")
     ap.add_argument("--out", default=str(REPO / "artifacts" / "bench_server.json"))
@@ -276,6 +309,7 @@ def main() -> int:
     jpegs = frames()
     results: dict[str, Any] = {"config": {"n": args.n, "turns": args.turns, "n1_turns": args.n1_turns,
                                           "arrival": args.arrival, "stagger_s": args.stagger_s,
+                                          "prompt_cache_entries": args.prompt_cache,
                                           "max_new_tokens": args.max_new_tokens,
                                           "cpu_count": os.cpu_count(), "machine": os.uname().machine},
                                "runs": {}}
@@ -286,17 +320,19 @@ def main() -> int:
     try:
         for mode in args.modes:
             print(f"== micro-batching {mode}: starting the server", flush=True)
-            servers[mode] = ServerProcess(mode == "on", args.max_new_tokens, state)
+            servers[mode] = ServerProcess(mode == "on", args.max_new_tokens, state, args.prompt_cache)
         plan = [(n, a) for n in args.n for a in (["burst"] if n == 1 else args.arrival)]
         for n, arrival in plan:
             for mode, srv in servers.items():
                 before = scrape(srv.ws_url)
+                last_row = max_rowid(state)
                 srv.sample_rss()
                 turns = args.n1_turns if n == 1 else args.turns
                 r = asyncio.run(run_load(srv.ws_url, n, turns, voices, jpegs, arrival, args.stagger_s))
                 r["server_peak_rss_mb"] = round(srv.stop_sampling() / 2**20, 1)
                 r["batching"] = mode
                 r["server_stages"] = stage_deltas(before, scrape(srv.ws_url))
+                r["prompt_tokens"] = prompt_stats(state, last_row)
                 print(json.dumps(r), flush=True)
                 results["runs"].setdefault(mode, []).append(r)
     finally:
@@ -325,16 +361,18 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def print_table(results: dict[str, Any]) -> None:
     print("\n| batching | N | arrival | speech→1st delta p50 / p95 ms | text→1st delta p50 / p95 ms | turns/min | "
-          "errors | server peak RSS MB | frames: passes, mean batch, ms/pass | speech ms/pass |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "errors | server peak RSS MB | frames: passes, mean batch, ms/pass | speech ms/pass | "
+          "prompt / prefilled tokens (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for mode, runs in results["runs"].items():
         for r in runs:
             s, t = r["speech_first_delta_ms"], r["text_first_delta_ms"]
             st = r.get("server_stages", {})
             fr = f"{st.get('frames_forward_passes')}, {st.get('frames_mean_batch')}, {st.get('frames_batch_mean_ms')}"
+            pt = r.get("prompt_tokens", {})
             print(f"| {mode} | {r['n']} | {r.get('arrival', 'burst')} | {s['p50']} / {s['p95']} | {t['p50']} / "
                   f"{t['p95']} | {r['turns_per_min']} | {r['errors']} | {r['server_peak_rss_mb']} | {fr} | "
-                  f"{st.get('speech_batch_mean_ms')} |")
+                  f"{st.get('speech_batch_mean_ms')} | {pt.get('prompt_median')} / {pt.get('prefilled_median')} |")
     for r in results.get("batching_ratio", []):
         print(f"N={r['n']} ({r.get('arrival', 'burst')}): turns/min on/off = {r['turns_per_min_on_over_off']}, "
               f"text p50 off/on = {r['text_p50_off_over_on']}, speech p50 off/on = {r['speech_p50_off_over_on']}")
