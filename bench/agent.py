@@ -63,6 +63,10 @@ def bench_model(llm: Any, agent: Any, runs: int) -> dict[str, Any]:
 
     retriever = agent.retriever
     llm.load()
+    # Repeated prompts would be served from the prompt KV cache: measured separately below.
+    keep_entries = llm.config.prompt_cache_entries
+    llm.config.prompt_cache_entries = 0
+    llm._prompt_caches.clear()
     ret_ms, prompt_ms, ft_cached, ft_plain, tps, ptoks, gtoks = [], [], [], [], [], [], []
     prompts = []
     for q in QUESTIONS:
@@ -94,12 +98,25 @@ def bench_model(llm: Any, agent: Any, runs: int) -> dict[str, Any]:
         finally:
             llm.config.max_new_tokens = old
         ft_plain.append(st["first_token_s"] * 1000)
+    # The same prompt again with the prompt cache on (a repeated question): one token to run.
+    llm.config.prompt_cache_entries = max(1, keep_entries)
+    ft_repeat = []
+    for pr in prompts:
+        for k in range(2):
+            st = {}
+            llm.generate(pr.messages, lambda s: None, CancelToken(), st, static_messages=pr.static_messages,
+                         max_new_tokens=2)
+            if k:
+                ft_repeat.append(st["first_token_s"] * 1000)
+    llm.config.prompt_cache_entries = keep_entries
+    llm._prompt_caches.clear()
     return {
         "model": llm.source, "device": str(llm.device), "dtype": str(llm.dtype).replace("torch.", ""),
         "load_s": round(llm.load_seconds or 0.0, 2),
         "retrieval_ms": _median(ret_ms), "prompt_build_ms": _median(prompt_ms),
         "prompt_tokens": _median(ptoks), "cached_prefix_tokens": None,
         "first_token_ms": _median(ft_cached), "first_token_ms_no_prefix_cache": _median(ft_plain),
+        "first_token_ms_repeated_prompt": _median(ft_repeat),
         "tokens_per_s": _median(tps), "generated_tokens": _median(gtoks),
         "n": len(ft_cached),
     }
@@ -111,6 +128,12 @@ def bench_agent_turns(agent: Any, runs: int) -> dict[str, Any]:
     first: list[float] = []
     totals: list[float] = []
     fusion_ms: list[float] = []
+
+    llm = getattr(agent.responder, "llm", None)
+    keep = llm.config.prompt_cache_entries if llm is not None else 0
+    if llm is not None:   # every run repeats the same prompts: measure without the prompt cache
+        llm.config.prompt_cache_entries = 0
+        llm._prompt_caches.clear()
 
     async def go() -> None:
         for _ in range(runs):
@@ -125,6 +148,8 @@ def bench_agent_turns(agent: Any, runs: int) -> dict[str, Any]:
                             fusion_ms.append(ev.timings["fusion"])
 
     asyncio.run(go())
+    if llm is not None:
+        llm.config.prompt_cache_entries = keep
     return {"first_delta_after_fusion_ms": _median(first), "fusion_ms": _median(fusion_ms),
             "turn_total_ms": _median(totals), "n": len(first)}
 
@@ -177,6 +202,8 @@ def bench_concurrency(llm: Any, agent: Any, levels: list[int], runs: int, max_ne
         hits = retriever.relevant(retriever.search(retriever.embed_query(q)))
         prompts.append(agent.prompt_for(agent.open_session(), q, hits, {}, None))
     llm.config.max_new_tokens = max_new_tokens
+    # The serialized path has no prompt cache; the same prompts recur in every round.
+    llm.config.prompt_cache_entries = 0
     out: dict[str, Any] = {}
     for batching in (True, False):
         llm.config.batching = batching
@@ -274,7 +301,8 @@ def main() -> int:
     print(f"{'':28} {'CPU':>12}" + (f" {'GPU':>12}" if "gpu" in results else ""))
     rows = [("retrieval_ms", "retrieval (ms)"), ("prompt_build_ms", "prompt build (ms)"),
             ("prompt_tokens", "prompt tokens"), ("first_token_ms", "first token (ms)"),
-            ("first_token_ms_no_prefix_cache", "  without prefix cache"), ("tokens_per_s", "tokens/s")]
+            ("first_token_ms_no_prefix_cache", "  without prefix cache"),
+            ("first_token_ms_repeated_prompt", "  same prompt again"), ("tokens_per_s", "tokens/s")]
     for key, label in rows:
         line = f"{label:28} {results['cpu'][key]!s:>12}"
         if "gpu" in results:
