@@ -27,11 +27,14 @@ class FusionConfig:
     n_layers: int = 2
     n_heads: int = 4
     ff_mult: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.3            # 0.3 chosen over 0.1/0.2 on val (docs/fusion.md "What was tried")
     modality_dropout: float = 0.5   # training only: chance to drop each present modality (0.5 chosen on val)
     context_prob: float = 0.3       # training only: chance a sample gets a context token
     use_context: bool = True
     pool_skip: bool = True          # attention: add the attention-pooled modality tokens to the query state
+    # attention: add the weighted sum's path, sum_m alpha_m * token_m with alpha = softmax over present
+    # modalities of learned scalars (exactly the weighted_sum baseline), to the query state
+    global_skip: bool = False
     # attention: per-modality heads on each modality token after the layers (FusionOutput.modality_logits;
     # used by the auxiliary unimodal loss, LossWeights.unimodal). Implied by ``late_logits``.
     modality_heads: bool = False
@@ -83,7 +86,7 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FusionConfig:
-        d = {"pool_skip": False, **d}  # checkpoints written before the option existed
+        d = {"pool_skip": False, "global_skip": False, **d}  # checkpoints written before the options existed
         known = set(cls.__dataclass_fields__)
         extra = set(d) - known
         if extra:

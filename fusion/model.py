@@ -188,6 +188,8 @@ class AttentionFusion(FusionModel):
             PreNormLayer(d, config.n_heads, d * config.ff_mult, config.dropout) for _ in range(config.n_layers)
         )
         self.ln_f = nn.LayerNorm(d)
+        if config.global_skip:
+            self.skip_scores = nn.Parameter(torch.zeros(M))  # the weighted sum's alpha_m before the softmax
         self.heads = Heads(config)
         self.tok_heads: nn.ModuleDict | None = None
         if config.modality_heads or config.late_logits:
@@ -209,6 +211,12 @@ class AttentionFusion(FusionModel):
             # A direct path from the modality tokens to the heads, weighted by the same attention
             # that is reported as "why": the seed's attention-weighted sum, on top of the layers.
             q = q + (weights.unsqueeze(-1) * tok).sum(1)
+        if self.config.global_skip:
+            # The weighted_sum baseline's path (one learned weight per modality, softmax over the
+            # present ones), so this model contains the seed's Z = sum_m alpha_m P_m(x_m) as a special case.
+            s = self.skip_scores.unsqueeze(0).expand_as(present).masked_fill(~present, float("-inf"))
+            alpha = torch.softmax(s, dim=1).nan_to_num(0.0)
+            q = q + (alpha.unsqueeze(-1) * tok).sum(1)
         fused = self.ln_f(q)  # (B, d)
         logits = self.heads(fused)
         if self.tok_heads is not None:

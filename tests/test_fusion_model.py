@@ -266,3 +266,27 @@ def test_modality_heads_and_late_logits(late: bool) -> None:
     old = {k: v for k, v in tiny("attention").to_dict().items() if k not in ("modality_heads", "late_logits")}
     cfg = FusionConfig.from_dict(old)
     assert not cfg.modality_heads and not cfg.late_logits
+
+
+@pytest.mark.parametrize("pool_skip", [False, True])
+def test_global_skip(pool_skip: bool) -> None:
+    """The weighted sum's path inside the attention core (``global_skip``): documented shapes for
+    every subset, masked values never reach any output, weights stay a distribution over present
+    modalities, the path's scalars get gradients, old configs load with it off."""
+    model = build_model(tiny("attention", global_skip=True, pool_skip=pool_skip)).eval()
+    B = 3
+    for subset in SUBSETS:
+        out = model(inputs(B), mask(subset, B))
+        assert out.fused.shape == (B, 16) and out.intent_logits.shape == (B, 9)
+        assert torch.isfinite(out.fused).all() and torch.isfinite(out.intent_logits).all()
+        if out.present[0].any():
+            torch.testing.assert_close(out.weights.sum(1), torch.ones(B))
+        else:
+            assert (out.weights == 0).all()
+    masked_value_pairs(model)
+    out = model(inputs(B), mask(("text", "vision"), B))
+    out.intent_logits.sum().backward()
+    assert model.skip_scores.grad is not None and model.skip_scores.grad[:2].abs().sum() > 0
+    old = {k: v for k, v in tiny("attention").to_dict().items() if k not in ("global_skip", "pool_skip")}
+    cfg = FusionConfig.from_dict(old)
+    assert not cfg.global_skip and not cfg.pool_skip
