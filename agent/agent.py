@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,12 +250,16 @@ class Agent:
 
     async def respond(self, session: Session, perceived: PerceivedTurn,
                       cancel: asyncio.Event | threading.Event | None = None, *,
-                      max_tokens: int | None = None) -> AsyncIterator[AgentEvent]:
+                      max_tokens: int | None = None,
+                      discard: Callable[[], bool] | None = None) -> AsyncIterator[AgentEvent]:
         """Stream the events of one turn (see :mod:`agent.events`); always ends with TurnDoneEvent.
 
         Setting ``cancel`` stops the reply (a local model within one decoding step); the turn is
         stored as ``cancelled`` with its partial text. Closing the iterator early does the same.
         ``max_tokens`` caps this reply's generated tokens below the responder's own limit.
+        ``discard``: checked when the turn ends (set ``cancel`` too, to stop it early); when it
+        returns True the turn is forgotten instead of stored — a speculative turn started before
+        the person had finished speaking (the server's preemptive responses).
         """
         token = CancelToken()
         watcher: asyncio.Task[Any] | None = None
@@ -273,7 +277,11 @@ class Agent:
                 token.set()
             return token.is_set()
 
+        def discarded() -> bool:
+            return discard is not None and discard()
+
         t_start = time.perf_counter()
+        faces_before = session.last_face_count
         record = session.begin_turn(new_turn_id())
         timings: dict[str, float] = {"perception": round(sum(perceived.timings.values()), 2)}
         record.typed_text = perceived.typed_text
@@ -346,6 +354,9 @@ class Agent:
         except (GeneratorExit, asyncio.CancelledError):
             token.set()
             status = "cancelled"
+            if discarded():
+                session.abandon_turn(record, faces_before)
+                raise
             t_save = time.perf_counter()
             rec = finish(t_save)
             self._save_sync(session, rec)
@@ -358,6 +369,11 @@ class Agent:
         finally:
             if watcher is not None:
                 watcher.cancel()
+        if discarded():
+            session.abandon_turn(record, faces_before)
+            yield TurnDoneEvent(status="cancelled", text="".join(text_parts), timings=dict(timings),
+                                turn_id=record.turn_id, route=record.route)
+            return
         if not saved:
             t_save = time.perf_counter()
             rec = finish(t_save)

@@ -117,6 +117,14 @@ class Session:
             self.current = TurnRecord(turn_id=turn_id, index=index, created_at=time.time())
             return self.current
 
+    def abandon_turn(self, record: TurnRecord, last_face_count: int | None) -> None:
+        """Forget a turn in progress as if it never began (a speculative turn that was voided):
+        not in the history, not stored, the face count it observed undone."""
+        with self._lock:
+            if self.current is record:
+                self.current = None
+            self.last_face_count = last_face_count
+
     def finish_turn(self, record: TurnRecord) -> None:
         with self._lock:
             self.turns.append(record)

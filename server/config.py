@@ -57,6 +57,10 @@ class VadConfig:
                                       # 100 ms: end of speech → first delta p50 782 ms vs 932 ms at
                                       # 200 (N=1, 10 turns, idle 2-core CPU); the price is a wasted
                                       # transcription for each mid-utterance pause of 100–500 ms.
+    preemptive_response: bool = True  # at that pause, also start the whole turn (perception,
+                                      # fusion, the reply); its events are held back until the
+                                      # turn ends, and it is dropped without a trace if speech
+                                      # resumes. Needs speculative_ms > 0 and create_response.
 
 
 @dataclass

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -171,12 +171,13 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(
             self.light_executor, lambda: self.agent.open_session(session_id=session_id))
 
-    def respond(self, session: Any, perceived: Any, cancel: asyncio.Event,
-                max_tokens: int | None = None) -> AsyncIterator[Any]:
+    def respond(self, session: Any, perceived: Any, cancel: asyncio.Event, max_tokens: int | None = None,
+                discard: Callable[[], bool] | None = None) -> AsyncIterator[Any]:
         """The agent's reply events for one turn (its LLM runs in its own worker thread);
-        ``max_tokens``: the session's max_output_tokens (None = the responder's own limit)."""
+        ``max_tokens``: the session's max_output_tokens (None = the responder's own limit);
+        ``discard``: true at the end = forget the turn (a voided preemptive response)."""
         return self.agent.respond(session, perceived, cancel=cancel,  # type: ignore[no-any-return]
-                                  max_tokens=max_tokens)
+                                  max_tokens=max_tokens, discard=discard)
 
     async def close(self) -> None:
         for fut in self._text_cache.values():

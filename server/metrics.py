@@ -114,6 +114,8 @@ class Metrics:
         self.sessions_total = Counter("mmagent_sessions_total", "Sessions accepted since start.")
         self.turns = Counter("mmagent_turns_total", "Responses finished, by status.")
         self.errors = Counter("mmagent_errors_total", "Error events sent to clients, by code.")
+        self.preemptive = Counter("mmagent_preemptive_responses_total",
+                                  "Responses started at a pause in speech, by outcome (released, discarded).")
         self.stage = Histogram("mmagent_stage_seconds", "Latency of each pipeline stage in seconds.")
         self.batch = Histogram("mmagent_batch_size", "Calls served per model forward pass.", BATCH_BUCKETS)
         self.sessions_open.set(0)

@@ -9,6 +9,7 @@ task of the session.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ from perception.errors import MMAgentError
 from server import protocol as P
 from server.errors import ProtocolError
 from server.limits import ErrorBudget, TokenBucket
-from server.vad import SpeechPaused, SpeechStarted, SpeechStopped, StreamingVad
+from server.vad import SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped, StreamingVad
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -44,6 +45,36 @@ _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 PRESENCE_DEFER_FACTOR = 3
 
 
+class Hold:
+    """The events of a preemptive response, kept back until its turn is confirmed.
+
+    ``state``: "held" (events queue up) → "flushing" → "released" (events go out as sent), or
+    "discarded" (speech went on: events are dropped, the reply is cancelled and forgotten).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.state = "held"
+        self.response: Response | None = None
+
+    def discarded(self) -> bool:
+        return self.state == "discarded"
+
+    def discard(self) -> bool:
+        """Drop the response unless it was already released; True if this call dropped it."""
+        if self.state == "held":
+            self.state = "discarded"
+            self.events.clear()
+            if self.response is not None:
+                self.response.cancel.set()
+            return True
+        return False
+
+
+# The hold of the preemptive response the current task belongs to (None: send at once).
+_HOLD: contextvars.ContextVar[Hold | None] = contextvars.ContextVar("mmagent_hold", default=None)
+
+
 @dataclass
 class Speculation:
     """Transcription started after a short pause (``vad.speculative_ms``), before the turn ends."""
@@ -51,6 +82,8 @@ class Speculation:
     token: int                      # the VAD's pause token; a later pause or more speech voids it
     task: asyncio.Task[Any]         # -> SpeechEncoding
     frames: list[Frame]             # the turn's frames, chosen as the speech ended
+    hold: Hold | None = None        # a preemptive response (vad.preemptive_response), held back
+    answer: asyncio.Task[Any] | None = None
 
 
 def _turn_text(typed: list[str], speech: Any) -> str:
@@ -153,6 +186,11 @@ class Session:
     # ---- output ---------------------------------------------------------------------------------
 
     async def send(self, ev: dict[str, Any]) -> None:
+        hold = _HOLD.get()
+        if hold is not None and hold.state != "released":
+            if hold.state != "discarded":   # a preemptive response: kept until its turn ends
+                hold.events.append(ev)
+            return
         if self.closed:
             return
         try:
@@ -335,7 +373,16 @@ class Session:
                 self._take_speculation(None)   # speech resumed after an earlier pause: that one is stale
                 frames = self._turn_frames()   # what the camera saw as the speech ended
                 task = self._spawn(self._speculate(e.audio, frames), name="speculate")
-                self._speculation = Speculation(e.token, task, frames)
+                self._speculation = spec = Speculation(e.token, task, frames)
+                td = self.settings.turn_detection
+                if (self.server.config.vad.preemptive_response and td is not None and td.create_response
+                        and self.response is None and not self._turn_lock.locked() and self.pending.empty()):
+                    spec.hold = Hold()
+                    turn = PendingTurn(speech=task, item_id=self.speech_item_id)
+                    spec.answer = self._spawn(self._held_answer(spec.hold, turn, frames), name="preempt")
+            elif isinstance(e, SpeechResumed):
+                if self._speculation is not None and self._speculation.token == e.token:
+                    self._take_speculation(None)
             elif isinstance(e, SpeechStopped):
                 await self._speech_stopped(e.audio_end_ms, e.audio, e.paused_token)
 
@@ -353,12 +400,30 @@ class Session:
         return enc
 
     def _take_speculation(self, token: int | None) -> Speculation | None:
-        """The speculation of pause ``token`` if it is the one running; cancel any other."""
+        """The speculation of pause ``token`` if it is the one running; cancel any other (and
+        drop its preemptive response without a trace)."""
         spec, self._speculation = self._speculation, None
         if spec is not None and (token is None or spec.token != token):
             spec.task.cancel()
+            if spec.hold is not None and spec.hold.discard():
+                self.server.metrics.preemptive.inc(outcome="discarded")
             return None
         return spec
+
+    async def _held_answer(self, hold: Hold, pending: PendingTurn, frames: list[Frame]) -> None:
+        """A preemptive response: the turn's answer, started at a pause, its events held."""
+        _HOLD.set(hold)   # this task's own context: its sends go to the hold
+        await self._answer(pending, frames, None)
+
+    async def _release(self, hold: Hold) -> None:
+        """The turn ended as speculated: send the held events, in order, then let the rest through."""
+        if hold.state != "held":
+            return
+        self.server.metrics.preemptive.inc(outcome="released")
+        hold.state = "flushing"
+        while hold.events:   # events the response sends meanwhile are queued behind these
+            await self.send(hold.events.pop(0))
+        hold.state = "released"
 
     async def _speech_started(self, start_ms: int) -> None:
         self.speech_item_id = P.new_id("item")
@@ -403,6 +468,13 @@ class Session:
         await self.send(P.event("conversation.item.added", previous_item_id=prev, item={
             "id": item_id, "object": "realtime.item", "type": "message", "role": "user", "status": "completed",
             "content": [{"type": "input_audio", "transcript": None}]}))
+        if speculation is not None and speculation.hold is not None and respond:
+            # The response started at the pause: send the transcript, then its held events.
+            self._spawn(self._transcribe(item_id, audio, speculation.task, release=speculation.hold),
+                        name="transcribe")
+            return
+        if speculation is not None and speculation.hold is not None and speculation.hold.discard():
+            self.server.metrics.preemptive.inc(outcome="discarded")
         speech = self._spawn(self._transcribe(item_id, audio, speculation.task if speculation else None),
                              name="transcribe")
         self.pending.speech = speech
@@ -410,22 +482,30 @@ class Session:
         if respond:
             self._start_response(None, None, frames=speculation.frames if speculation else None)
 
-    async def _transcribe(self, item_id: str, audio: np.ndarray, speculation: asyncio.Task[Any] | None = None) -> Any:
+    async def _transcribe(self, item_id: str, audio: np.ndarray, speculation: asyncio.Task[Any] | None = None, *,
+                          release: Hold | None = None) -> Any:
+        """Transcribe (or await the speculative transcription); ``release``: the preemptive
+        response whose held events follow the transcript."""
         t0 = time.perf_counter()
         try:
-            if speculation is not None:
-                # Started during the last silence_duration_ms; the audio since then is silence.
-                enc = await speculation
-            else:
-                enc = await self.server.engine.encode_speech(audio, self.settings.rate)
-        except MMAgentError as exc:
-            await self.send_error(exc.code, str(exc), param="audio")
-            raise
-        self.server.metrics.stage.observe(time.perf_counter() - t0, stage="speech")
-        await self.send(P.event("conversation.item.input_audio_transcription.completed", item_id=item_id,
-                                content_index=0, transcript=enc.transcript, confidence=round(enc.confidence, 4),
-                                language=enc.language, duration_s=round(enc.duration_s, 3)))
-        return enc
+            try:
+                if speculation is not None:
+                    # Started during the last silence_duration_ms; the audio since then is silence.
+                    enc = await speculation
+                else:
+                    enc = await self.server.engine.encode_speech(audio, self.settings.rate)
+            except MMAgentError as exc:
+                await self.send_error(exc.code, str(exc), param="audio")
+                raise
+            self.server.metrics.stage.observe(time.perf_counter() - t0, stage="speech")
+            await self.send(P.event("conversation.item.input_audio_transcription.completed", item_id=item_id,
+                                    content_index=0, transcript=enc.transcript,
+                                    confidence=round(enc.confidence, 4), language=enc.language,
+                                    duration_s=round(enc.duration_s, 3)))
+            return enc
+        finally:
+            if release is not None:
+                await self._release(release)
 
     # ---- images ---------------------------------------------------------------------------------
 
@@ -603,6 +683,11 @@ class Session:
             r = Response(P.new_id("resp"), P.new_id("item"), pending.item_id or self.last_item_id,
                          metadata=metadata)
             self.response = r
+            hold = _HOLD.get()
+            if hold is not None:
+                hold.response = r
+                if hold.discarded():
+                    r.cancel.set()
             try:
                 await self._stream_response(r, pending, frames, speech, waiting)
             except MMAgentError as exc:
@@ -657,7 +742,9 @@ class Session:
         t_respond = time.perf_counter()
         first_delta: float | None = None
         done_ev: Any = None
-        agen = engine.respond(self.agent_session, perceived, r.cancel, self.settings.max_output_tokens)
+        hold = _HOLD.get()
+        agen = engine.respond(self.agent_session, perceived, r.cancel, self.settings.max_output_tokens,
+                              discard=hold.discarded if hold is not None else None)
         r.in_agent = True
         try:
             async for ev in agen:

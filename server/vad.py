@@ -50,7 +50,14 @@ class SpeechPaused:
     audio: np.ndarray
 
 
-VadEvent = SpeechStarted | SpeechStopped | SpeechPaused
+@dataclass(frozen=True)
+class SpeechResumed:
+    """Speech went on after the pause ``token``: work started for that pause is void."""
+
+    token: int
+
+
+VadEvent = SpeechStarted | SpeechStopped | SpeechPaused | SpeechResumed
 
 
 class _Silero:
@@ -170,8 +177,9 @@ class StreamingVad:
                 return SpeechStarted(self._start_ms)
             return None
         self._silence_ms = self._silence_ms + WINDOW_MS if p < self.threshold - HYSTERESIS else 0.0
-        if self._silence_ms == 0.0:
-            self._paused = None
+        if self._silence_ms == 0.0 and self._paused is not None:
+            token, self._paused = self._paused, None
+            return SpeechResumed(token)
         if self._silence_ms >= self.silence_ms:
             return self._stop(int(end_ms))
         if self.speculative_ms and self._paused is None and self._silence_ms >= self.speculative_ms:

@@ -294,3 +294,34 @@ def test_closing_the_stream_early_stores_a_cancelled_turn(rig: Any) -> None:
     # resuming by id after a "restart" (a fresh agent on the same store) gives the history back
     agent.forget_session(session.id)
     assert agent.open_session(session.id).turns[0].turn_id == stored[0].turn_id
+
+
+def test_discarded_turn_leaves_no_trace(rig: Any) -> None:
+    """A turn whose ``discard`` predicate holds when it ends (a voided speculative turn) is
+    neither stored nor in the history, and the face count it observed is undone — whether it
+    ran to its end or its stream was closed early."""
+    agent, fusion, _ = rig
+    session = agent.open_session()
+    fusion.queue += [fused("other"), fused("other"), fused("other")]
+    kept = run_turn(agent, session, typed(agent, "where is the service desk?"))
+    assert kept[-1].status == "completed"
+    faces = session.last_face_count
+
+    async def go(close_early: bool) -> list[Any]:
+        events = []
+        agen = agent.respond(session, PerceivedTurn(text=None, speech=None, frames=[_frame(1)]),
+                             discard=lambda: True)
+        async for ev in agen:
+            events.append(ev)
+            if close_early and ev.type == "turn.fused":
+                break
+        await agen.aclose()  # type: ignore[attr-defined]
+        return events
+
+    whole = asyncio.run(go(False))
+    assert whole[-1].type == "turn.done"
+    asyncio.run(go(True))
+    assert session.last_face_count == faces and session.current is None
+    assert [t.turn_id for t in session.turns] == [kept[-1].turn_id]
+    assert agent.store is not None
+    assert [t.turn_id for t in agent.store.load_session(session.id).turns] == [kept[-1].turn_id]

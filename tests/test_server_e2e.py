@@ -204,6 +204,44 @@ def test_speech_turn_streamed_at_real_time(mm_server: Any) -> None:
     run(main())
 
 
+def test_preemptive_response_is_dropped_when_speech_resumes(mm_server: Any) -> None:
+    """A pause mid-sentence starts a preemptive response; the speech going on drops it without a
+    trace (no event, no stored turn); the real end of the turn releases the next one: exactly one
+    response, after the whole transcript."""
+    a, sr = synth_speech("Where can I find", sample_rate=24000)
+    b, _ = synth_speech("the service desk?", sample_rate=24000)
+    pcm = np.concatenate([np.zeros(sr // 2, np.float32), a, np.zeros(sr // 10, np.float32), b,
+                          np.zeros(sr * 3 // 2, np.float32)])
+    chunk = sr // 50
+    engine = mm_server.server.engine
+    before = {k: engine.metrics.preemptive.value(outcome=k) for k in ("released", "discarded")}
+
+    async def main() -> str:
+        async with RealtimeClient(mm_server.ws_url) as c:
+            assert c.session is not None
+            t0 = time.perf_counter()
+            for i, start in enumerate(range(0, len(pcm), chunk)):
+                await c.append_audio(pcm[start:start + chunk])
+                await asyncio.sleep(max(0.0, t0 + (i + 1) * 0.02 - time.perf_counter()))
+            evs = await collect_until(c, "response.done")
+            ts = types_of(evs)
+            assert ts.count("response.created") == 1 and ts.count("input_audio_buffer.speech_started") == 1
+            assert_in_order(ts, ["input_audio_buffer.speech_stopped", "input_audio_buffer.committed",
+                                 "conversation.item.input_audio_transcription.completed", "response.created",
+                                 "turn.fused", "response.output_text.delta", "response.done"])
+            tr = next(e for e in evs if e["type"] == "conversation.item.input_audio_transcription.completed")
+            assert "desk" in tr["transcript"].lower() and "find" in tr["transcript"].lower()
+            assert evs[-1]["response"]["status"] == "completed" and "error" not in ts
+            return str(c.session["id"])
+
+    sid = run(main())
+    after = {k: engine.metrics.preemptive.value(outcome=k) for k in ("released", "discarded")}
+    assert after["released"] == before["released"] + 1
+    assert after["discarded"] >= before["discarded"] + 1
+    stored = engine.agent.store.load_session(sid).turns
+    assert len(stored) == 1 and "desk" in stored[0].text.lower()
+
+
 def test_frame_and_text_turn_names_the_cat(mm_server: Any) -> None:
     """A camera frame of skimage's chelsea + a question: perception.updated names a cat; vision is weighed."""
     from skimage import data

@@ -221,3 +221,23 @@ def test_vad_speculative_pause_precedes_stop() -> None:
     assert stop.paused_token == pauses[-1].token
     assert np.array_equal(stop.audio[:len(pauses[-1].audio)], pauses[-1].audio)
     assert len(stop.audio) - len(pauses[-1].audio) <= 16000 * 0.4   # only the rest of the silence
+
+
+def test_vad_resumed_speech_voids_the_pause() -> None:
+    """Speech that goes on after a pause of speculative_ms gives SpeechResumed(that pause's token);
+    the final SpeechStopped names only the last pause."""
+    from server.vad import SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped, StreamingVad
+
+    a, _ = synth_speech("Where can I find", sample_rate=16000)
+    b, _ = synth_speech("the batteries please?", sample_rate=16000)
+    pcm = (np.concatenate([np.zeros(8000), a, np.zeros(800), b, np.zeros(16000)]) * 32767).astype(np.int16)
+    vad = StreamingVad(16000, backend="silero", silence_duration_ms=500, speculative_ms=100)
+    events = []
+    for i in range(0, len(pcm), 320):
+        events += vad.process(pcm[i:i + 320])
+    kinds = [type(e) for e in events]
+    assert kinds[0] is SpeechStarted and kinds[-1] is SpeechStopped and kinds.count(SpeechStarted) == 1
+    resumed = [e for e in events if isinstance(e, SpeechResumed)]
+    pauses = [e for e in events if isinstance(e, SpeechPaused)]
+    assert resumed and all(r.token in {p.token for p in pauses} for r in resumed)
+    assert events[-1].paused_token == pauses[-1].token not in {r.token for r in resumed}
