@@ -150,3 +150,38 @@ def test_prompt_cache_reuses_the_longest_shared_prefix(local_llm: Any, serial: d
         plain = Stream(local_llm, q)
         run_all([plain])
     assert plain.stats["cached_prompt_tokens"] == system_len and plain.text == serial[q]
+
+
+@pytest.mark.parametrize("prompt_cache", [0, 8])
+def test_replies_arriving_together_are_prefilled_in_one_pass(local_llm: Any, serial: dict[str, str],
+                                                            prompt_cache: int) -> None:
+    """Replies queued while the model is busy are prefilled together in one forward pass (rows
+    padded and masked; with the prompt cache, rows start from cached prefixes of different
+    lengths); each still gets exactly its greedy reply alone."""
+    qs = QUESTIONS[1:4] if not prompt_cache else [QUESTIONS[0], QUESTIONS[1], QUESTIONS[2]]
+    with settings(local_llm, batching=True, max_new_tokens=MAX_NEW, prompt_cache_entries=prompt_cache):
+        local_llm._prompt_caches.clear()
+        first = Stream(local_llm, QUESTIONS[0])
+        rest = [Stream(local_llm, q) for q in qs]
+        with local_llm._gen_lock:          # the scheduler takes the first reply, then waits for the lock
+            first.thread.start()
+            deadline = time.time() + 30
+            while local_llm._batcher is None or local_llm._batcher.pending or first.stats.get("prompt_tokens") is None:
+                assert time.time() < deadline
+                time.sleep(0.01)
+            time.sleep(0.05)
+            for s in rest:
+                s.thread.start()
+            while len(local_llm._batcher.pending) < len(rest):
+                assert time.time() < deadline
+                time.sleep(0.01)
+        for s in [first, *rest]:
+            s.thread.join(timeout=120)
+            assert not s.thread.is_alive()
+    assert first.stats["prefill_group"] == 1
+    assert [s.stats["prefill_group"] for s in rest] == [len(rest)] * len(rest)
+    for s in [first, *rest]:
+        assert s.text == serial[s.q], (s.q, s.text, serial[s.q])
+    if prompt_cache:   # the repeated question started from the first one's cached prompt
+        assert rest[0].stats["cached_prompt_tokens"] == rest[0].stats["prompt_tokens"] - 1
+        assert rest[1].stats["cached_prompt_tokens"] < rest[1].stats["prompt_tokens"] - 1

@@ -319,7 +319,8 @@ def test_kiosk_attract_screen_and_arrival(pw: Any, web_server: Any,
 
 
 def test_refused_token_and_plain_errors(pw: Any, web_server: Any, media: dict[str, Path]) -> None:
-    """A wrong token shows the refusal and a token field; a denied microphone and a limit show plainly."""
+    """A wrong token shows the refusal and a token field; a denied microphone or camera and a limit
+    show plainly."""
     ctx = open_browser(pw, audio=media["silence"], fake_ui=False)  # no auto-allow: permission denied
     try:
         page = new_page(ctx)
@@ -335,6 +336,8 @@ def test_refused_token_and_plain_errors(pw: Any, web_server: Any, media: dict[st
 
         page.get_by_role("button", name="Turn microphone on").click()
         expect(page.locator("#errors")).to_contain_text("Microphone access was denied")
+        page.get_by_role("button", name="Turn camera on").click()
+        expect(page.locator("#errors")).to_contain_text("Camera access was denied")
 
         # Flood camera frames past the server's per-session rate: its limit error is shown.
         page.evaluate("""async () => {

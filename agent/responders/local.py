@@ -351,6 +351,7 @@ class LocalLLM:
         stats["batch_size_max"] = float(seq.batch_max)
         if seq.cached:
             stats["cached_prompt_tokens"] = float(seq.cached)
+        stats["prefill_group"] = float(seq.prefill_group)
         if seq.t_first is not None:
             stats["first_token_s"] = seq.t_first - seq.t_start
             if len(seq.generated) > 1:
@@ -470,6 +471,7 @@ class _Seq:
         self.cached = 0              # prompt tokens taken from the prefix cache
         self.after_cancel = 0
         self.batch_max = 0
+        self.prefill_group = 1       # replies prefilled in the same forward pass as this one
         self.t_submit = time.perf_counter()
         self.t_start: float | None = None
         self.t_first: float | None = None
@@ -536,7 +538,16 @@ class _Batcher:
                 new = [self.pending.popleft() for _ in range(min(room, len(self.pending)))]
             with self.llm._gen_lock, torch.inference_mode():
                 self._drop([s for s in self.active if s.cancel.is_set()])
-                for s in new:
+                live = [s for s in new if not self._cancelled_before_start(s)]
+                if len(live) > 1:
+                    try:
+                        self._prefill_together(live)
+                    except Exception as exc:
+                        log.exception("prefill failed")
+                        for s in live:
+                            self._finish(s, exc)
+                    live = []
+                for s in live:
                     try:
                         self._prefill(s)
                     except Exception as exc:
@@ -592,13 +603,71 @@ class _Batcher:
         if token in self.eos or len(s.generated) >= s.max_new_tokens:
             self._finish(s)
 
-    def _prefill(self, s: _Seq) -> None:
-        from transformers import DynamicCache
-
+    def _cancelled_before_start(self, s: _Seq) -> bool:
         s.t_start = time.perf_counter()
         if s.cancel.is_set():
             self._finish(s)
-            return
+            return True
+        return False
+
+    def _prefill_together(self, seqs: list[_Seq]) -> None:
+        """Prefill several new replies in ONE forward pass (a CPU runs one 4 × 100-token pass
+        ~1.4× faster than four 100-token passes), then join them to the batch.
+
+        Each row: [left padding][its cached prefix][padding][its new tokens], so that every row's
+        last column is its own last prompt token (one logits row each). Padding is masked out and
+        positions are each row's own, as in the decoding steps, so each reply attends exactly to
+        its own prompt.
+        """
+        from transformers import DynamicCache
+
+        llm = self.llm
+        caches = [llm._reusable_cache(s.ids, s.static) for s in seqs]
+        cached = [c.get_seq_length() if c is not None else 0 for c in caches]
+        new = [s.ids.shape[1] - n for s, n in zip(seqs, cached, strict=True)]
+        width, span = max(cached), max(new)
+        dev = seqs[0].ids.device
+        cache = DynamicCache(config=llm.model.config)
+        if width:
+            ref = next(c for c in caches if c is not None and c.get_seq_length())
+            for li, ref_layer in enumerate(ref.layers):
+                ks, vs = [], []
+                for c, n in zip(caches, cached, strict=True):
+                    if c is None or n == 0:
+                        shape = (1, *ref_layer.keys.shape[1:2], width, ref_layer.keys.shape[-1])
+                        ks.append(ref_layer.keys.new_zeros(shape))
+                        vs.append(ref_layer.values.new_zeros(shape))
+                    else:
+                        ks.append(_pad_left(c.layers[li].keys, width - n))
+                        vs.append(_pad_left(c.layers[li].values, width - n))
+                cache.update(torch.cat(ks), torch.cat(vs), li)
+        pad_id = next(iter(self.eos)) if self.eos else 0
+        input_ids = torch.full((len(seqs), span), pad_id, dtype=torch.long, device=dev)
+        positions = torch.zeros((len(seqs), span), dtype=torch.long, device=dev)
+        mask = torch.zeros((len(seqs), width + span), dtype=torch.long, device=dev)
+        for i, (s, n, k) in enumerate(zip(seqs, cached, new, strict=True)):
+            input_ids[i, span - k:] = s.ids[0, n:]
+            positions[i, span - k:] = torch.arange(n, n + k, device=dev)
+            mask[i, width - n:width] = 1
+            mask[i, width + span - k:] = 1
+            s.cached, s.length, s.prefill_group = n, n + k, len(seqs)
+        out = llm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                        cache_position=torch.arange(width, width + span, device=dev), use_cache=True,
+                        logits_to_keep=1)
+        cache = out.past_key_values
+        for i, s in enumerate(seqs):   # each prompt's own KV (its real columns) for later prompts
+            cols = mask[i].nonzero().squeeze(1)
+            llm._remember_prompt(s.ids, _RowCache([(layer.keys[i:i + 1, :, cols], layer.values[i:i + 1, :, cols])
+                                                   for layer in cache.layers]))
+        self._join_rows(cache, mask, seqs)
+        logits = out.logits[:, -1, :]
+        for i, s in enumerate(seqs):
+            self._emit(s, self._choose(s, logits[i:i + 1]))
+        self._drop([s for s in seqs if s.done])
+
+    def _prefill(self, s: _Seq) -> None:
+        from transformers import DynamicCache
+
         llm, ids = self.llm, s.ids
         cache = llm._reusable_cache(ids, s.static)
         if cache is None:
@@ -614,21 +683,24 @@ class _Batcher:
 
     def _join(self, s: _Seq) -> None:
         cache, s.cache = s.cache, None
-        mask = torch.ones((1, s.length), dtype=torch.long, device=s.ids.device)
+        self._join_rows(cache, torch.ones((1, s.length), dtype=torch.long, device=s.ids.device), [s])
+
+    def _join_rows(self, cache: Any, mask: torch.Tensor, seqs: list[_Seq]) -> None:
+        """Add prefilled rows (their KV cache and (rows, L) mask of real positions) to the batch."""
         if not self.active:
-            self.cache, self.mask, self.active = cache, mask, [s]
+            self.cache, self.mask, self.active = cache, mask, list(seqs)
         else:
             assert self.mask is not None
-            cur = self.mask.shape[1]
-            width = max(cur, s.length)
+            cur, add = self.mask.shape[1], mask.shape[1]
+            width = max(cur, add)
             for old_layer, new_layer in zip(self.cache.layers, cache.layers, strict=True):
                 old_layer.keys = torch.cat([_pad_left(old_layer.keys, width - cur),
-                                            _pad_left(new_layer.keys, width - s.length)], dim=0)
+                                            _pad_left(new_layer.keys, width - add)], dim=0)
                 old_layer.values = torch.cat([_pad_left(old_layer.values, width - cur),
-                                              _pad_left(new_layer.values, width - s.length)], dim=0)
+                                              _pad_left(new_layer.values, width - add)], dim=0)
             self.mask = torch.cat([torch.nn.functional.pad(self.mask, (width - cur, 0)),
-                                   torch.nn.functional.pad(mask, (width - s.length, 0))], dim=0)
-            self.active.append(s)
+                                   torch.nn.functional.pad(mask, (width - add, 0))], dim=0)
+            self.active.extend(seqs)
         for a in self.active:
             a.batch_max = max(a.batch_max, len(self.active))
 
@@ -671,6 +743,17 @@ class _Batcher:
             s.length += 1
             self._emit(s, self._choose(s, logits[i:i + 1]))
         self._drop([s for s in self.active if s.done])
+
+
+class _RowCache:
+    """The per-layer (keys, values) of one prompt, in the shape ``_remember_prompt`` reads."""
+
+    class _Layer:
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+            self.keys, self.values = keys, values
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.layers = [self._Layer(k, v) for k, v in layers]
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
