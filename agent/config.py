@@ -55,6 +55,11 @@ class LocalLLMConfig:
     # longest prefix it shares with one of them (the same session's history; the same facts
     # for the same question in any session). Each holds ~46 KB per token for SmolLM2-135M.
     prompt_cache_entries: int = 8
+    # Replies arriving together prefilled in one forward pass (rows padded to the longest). Off by
+    # default: on the 2-core CPU the server benchmark's N=8 tail got worse (speech first delta p95
+    # 2.0-2.1 s vs 1.4-1.7 s over 3 A/B runs): padding to the longest row wastes the savings, and
+    # rows prefilled together cannot reuse each other's prompt cache. Meant for GPUs.
+    group_prefill: bool = False
 
     def validate(self) -> LocalLLMConfig:
         if self.prompt_cache_entries < 0:

@@ -70,8 +70,9 @@ def frames() -> list[bytes]:
 class ServerProcess:
     """``mmagent serve`` in a subprocess on a free port; RSS sampled in a thread."""
 
-    def __init__(self, batching: bool, max_new_tokens: int, state_dir: str, prompt_cache: int | None = None) -> None:
-        local: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    def __init__(self, batching: bool, max_new_tokens: int, state_dir: str, prompt_cache: int | None = None,
+                 group_prefill: bool = False) -> None:
+        local: dict[str, Any] = {"max_new_tokens": max_new_tokens, "group_prefill": group_prefill}
         if prompt_cache is not None:
             local["prompt_cache_entries"] = prompt_cache
         cfg = {"port": 0, "state_dir": state_dir, "limits": {"max_sessions": 256, "max_sessions_per_token": 256},
@@ -297,6 +298,8 @@ def main() -> int:
     ap.add_argument("--arrival", nargs="+", default=["burst", "staggered"], choices=["burst", "staggered"],
                     help="clients start together, or spread over --stagger-s (N > 1)")
     ap.add_argument("--stagger-s", type=float, default=4.0)
+    ap.add_argument("--group-prefill", action="store_true",
+                    help="prefill LLM replies arriving together in one pass (agent.responder.local.group_prefill)")
     ap.add_argument("--prompt-cache", type=int, default=None,
                     help="agent.responder.local.prompt_cache_entries (default: the server's, 8; 0 = off)")
     ap.add_argument("--max-new-tokens", type=int, default=24, help="reply length cap of the local LLM")
@@ -320,7 +323,8 @@ def main() -> int:
     try:
         for mode in args.modes:
             print(f"== micro-batching {mode}: starting the server", flush=True)
-            servers[mode] = ServerProcess(mode == "on", args.max_new_tokens, state, args.prompt_cache)
+            servers[mode] = ServerProcess(mode == "on", args.max_new_tokens, state, args.prompt_cache,
+                                          args.group_prefill)
         plan = [(n, a) for n in args.n for a in (["burst"] if n == 1 else args.arrival)]
         for n, arrival in plan:
             for mode, srv in servers.items():

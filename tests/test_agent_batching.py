@@ -159,7 +159,8 @@ def test_replies_arriving_together_are_prefilled_in_one_pass(local_llm: Any, ser
     padded and masked; with the prompt cache, rows start from cached prefixes of different
     lengths); each still gets exactly its greedy reply alone."""
     qs = QUESTIONS[1:4] if not prompt_cache else [QUESTIONS[0], QUESTIONS[1], QUESTIONS[2]]
-    with settings(local_llm, batching=True, max_new_tokens=MAX_NEW, prompt_cache_entries=prompt_cache):
+    with settings(local_llm, batching=True, max_new_tokens=MAX_NEW, prompt_cache_entries=prompt_cache,
+                  group_prefill=True):
         local_llm._prompt_caches.clear()
         first = Stream(local_llm, QUESTIONS[0])
         rest = [Stream(local_llm, q) for q in qs]

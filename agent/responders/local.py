@@ -539,7 +539,7 @@ class _Batcher:
             with self.llm._gen_lock, torch.inference_mode():
                 self._drop([s for s in self.active if s.cancel.is_set()])
                 live = [s for s in new if not self._cancelled_before_start(s)]
-                if len(live) > 1:
+                if len(live) > 1 and self.cfg.group_prefill:
                     try:
                         self._prefill_together(live)
                     except Exception as exc:
