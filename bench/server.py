@@ -71,12 +71,16 @@ class ServerProcess:
     """``mmagent serve`` in a subprocess on a free port; RSS sampled in a thread."""
 
     def __init__(self, batching: bool, max_new_tokens: int, state_dir: str, prompt_cache: int | None = None,
-                 group_prefill: bool = False) -> None:
+                 group_prefill: bool = False, threads: int | None = None) -> None:
         local: dict[str, Any] = {"max_new_tokens": max_new_tokens, "group_prefill": group_prefill}
+        perception: dict[str, Any] = {}
+        if threads:
+            local["threads"] = threads
+            perception = {"torch_threads": threads, "speech_cpu_threads": threads}
         if prompt_cache is not None:
             local["prompt_cache_entries"] = prompt_cache
         cfg = {"port": 0, "state_dir": state_dir, "limits": {"max_sessions": 256, "max_sessions_per_token": 256},
-               "agent": {"responder": {"local": local}}}
+               "agent": {"responder": {"local": local}}, "perception": perception}
         self.cfg_file = Path(state_dir) / f"bench_{'on' if batching else 'off'}.json"
         self.cfg_file.write_text(json.dumps(cfg))
         cmd = [sys.executable, "-m", "server.cli", "serve", "--config", str(self.cfg_file)]
@@ -298,6 +302,8 @@ def main() -> int:
     ap.add_argument("--arrival", nargs="+", default=["burst", "staggered"], choices=["burst", "staggered"],
                     help="clients start together, or spread over --stagger-s (N > 1)")
     ap.add_argument("--stagger-s", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads per model call (torch and CTranslate2; default: theirs)")
     ap.add_argument("--group-prefill", action="store_true",
                     help="prefill LLM replies arriving together in one pass (agent.responder.local.group_prefill)")
     ap.add_argument("--prompt-cache", type=int, default=None,
@@ -324,7 +330,7 @@ def main() -> int:
         for mode in args.modes:
             print(f"== micro-batching {mode}: starting the server", flush=True)
             servers[mode] = ServerProcess(mode == "on", args.max_new_tokens, state, args.prompt_cache,
-                                          args.group_prefill)
+                                          args.group_prefill, args.threads)
         plan = [(n, a) for n in args.n for a in (["burst"] if n == 1 else args.arrival)]
         for n, arrival in plan:
             for mode, srv in servers.items():

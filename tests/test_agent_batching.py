@@ -23,6 +23,19 @@ def messages(q: str) -> list[dict[str, str]]:
     return [SYSTEM, {"role": "user", "content": q}]
 
 
+@pytest.fixture(scope="module")
+def local_llm() -> Iterator[Any]:
+    """The default model with float weights: these tests check that the scheduler is exact (a reply
+    batched = the same reply alone, token for token), which holds for float arithmetic; int8
+    dynamic quantization (the CPU default) scales activations over the whole batch, by design."""
+    from agent.config import LocalLLMConfig
+    from agent.responders import LocalLLM
+
+    llm = LocalLLM(LocalLLMConfig(quantize=None))
+    llm.load()
+    yield llm
+
+
 @contextmanager
 def settings(llm: Any, **values: Any) -> Iterator[None]:
     old = {k: getattr(llm.config, k) for k in values}

@@ -93,3 +93,21 @@ def test_conversion_cache_is_reused(local_llm: Any) -> None:
     assert cache is not None and (Path(cache) / "config.json").is_file()
     assert any(Path(cache).glob("*.safetensors"))
     assert local_llm.load_seconds is not None
+
+
+def test_cpu_default_runs_int8_linear_layers(local_llm: Any) -> None:
+    """On CPU the default model's Linear layers are int8 (dynamic quantization); bad values are
+    refused at configuration time."""
+    import pytest
+    import torch
+
+    from agent.config import LocalLLMConfig
+    from perception.errors import ConfigError
+
+    if local_llm.device.type != "cpu":
+        pytest.skip("int8 dynamic quantization applies on CPU only")
+    kinds = {type(m).__module__ + "." + type(m).__name__ for m in local_llm.model.modules()}
+    assert any("quantized" in k and k.endswith("Linear") for k in kinds), kinds
+    assert not any(type(m) is torch.nn.Linear for m in local_llm.model.modules())
+    with pytest.raises(ConfigError, match="quantize"):
+        LocalLLMConfig(quantize="int4").validate()

@@ -168,6 +168,8 @@ class LocalLLM:
                                      f"{'/' + gguf_file if gguf_file else ''}: {exc}") from exc
             model.to(self.device)  # type: ignore[arg-type]
             model.eval()
+            if self.config.quantize == "int8" and self.device.type == "cpu":
+                model = _quantize_int8(model)
             if tokenizer.pad_token_id is None:
                 tokenizer.pad_token = tokenizer.eos_token
             self._tokenizer, self._model = tokenizer, model
@@ -743,6 +745,15 @@ class _Batcher:
             s.length += 1
             self._emit(s, self._choose(s, logits[i:i + 1]))
         self._drop([s for s in self.active if s.done])
+
+
+def _quantize_int8(model: Any) -> Any:
+    """Int8 weights and dynamically quantized activations for every Linear layer (CPU)."""
+    import warnings
+
+    with warnings.catch_warnings():   # torch points to torchao for new code; this API still works
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 class _RowCache:
