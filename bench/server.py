@@ -4,8 +4,10 @@ Each client (a kiosk) sends a camera frame every second and does ``--turns`` tur
 a spoken turn (espeak-ng speech streamed at real time in 40 ms chunks, then silence until the
 server's VAD ends the turn) and a typed turn. Measured on the client side:
 
-- end of speech → first reply delta (the time the last speech sample was sent → first delta;
-  includes the VAD's silence_duration_ms, 500 ms by default, and the transcription)
+- end of speech → first reply delta (the time the last voiced sample was sent → first delta;
+  espeak-ng's own ~345 ms of trailing silence is cut from the clips, so this includes the whole
+  of the VAD's silence_duration_ms, 500 ms by default; until 2026-11-27 the reference was the end
+  of the clip, ~345 ms later)
 - text turn (response.create sent) → first delta
 - turns per minute, error events, server peak RSS (sampled every 0.2 s)
 
@@ -52,7 +54,17 @@ def speech(text: str) -> np.ndarray:
                          capture_output=True).stdout
     pcm = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-r", str(RATE), "-c", "1", "-e", "signed-integer",
                           "-b", "16", "-"], input=raw, check=True, capture_output=True).stdout
-    return np.frombuffer(pcm, dtype=np.int16)
+    return trim_trailing_silence(np.frombuffer(pcm, dtype=np.int16))
+
+
+def trim_trailing_silence(x: np.ndarray, frame_s: float = 0.01, rel: float = 0.02) -> np.ndarray:
+    """Cut the silence espeak-ng puts after the voice (~345 ms), keeping one 10 ms frame: the
+    clip's last sample is then the end of speech, the reference of the latency measured."""
+    w = int(RATE * frame_s)
+    n = len(x) // w
+    energy = np.sqrt(np.mean(x[: n * w].astype(np.float32).reshape(n, w) ** 2, axis=1))
+    voiced = np.flatnonzero(energy > rel * energy.max())
+    return x[: min(len(x), (int(voiced[-1]) + 2) * w)] if voiced.size else x
 
 
 def frames() -> list[bytes]:
@@ -168,7 +180,7 @@ async def client(url: str, idx: int, turns: int, voices: list[np.ndarray], jpegs
                     for i, s in enumerate(range(0, len(pcm), step)):
                         await c.append_audio(pcm[s:s + step])
                         await asyncio.sleep(max(0.0, t0 + (i + 1) * CHUNK_S - time.perf_counter()))
-                    t_ref = time.perf_counter()   # the last speech sample has been sent
+                    t_ref = time.perf_counter()   # the last voiced sample has been sent
                     tail_task = asyncio.ensure_future(_stream(c, tail, step))
                 else:
                     tail_task = None
