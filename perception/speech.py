@@ -45,6 +45,7 @@ WINDOW_CAPACITY = WINDOW_SAMPLES - 2 * PAD_SAMPLES   # voiced samples per window
 # "fit" windows (PerceptionConfig.speech_window): encoder input lengths in mel frames (10 ms).
 FIT_BUCKET_FRAMES = 500
 FIT_MIN_FRAMES = 1000
+SAMPLING_SEED = 1234
 
 # Whisper encoder width by model size name (d_model = n_audio_state).
 WHISPER_WIDTHS = {"tiny": 384, "base": 512, "small": 768, "medium": 1024, "large": 1280, "turbo": 1280}
@@ -177,6 +178,10 @@ class FasterWhisperBackend:
             compute = "float16" if device.type == "cuda" else "int8"
         self.model = WhisperModel(path, device=device.type, device_index=device.index or 0,
                                   compute_type=compute, cpu_threads=threads, num_workers=1)
+        # The temperature fallback samples; a fixed seed makes the same audio give the same text.
+        import ctranslate2
+
+        ctranslate2.set_random_seed(SAMPLING_SEED)
         language = config.speech_language if self.model.model.is_multilingual else "en"
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
                                    task="transcribe", language=language)

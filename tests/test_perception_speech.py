@@ -202,15 +202,19 @@ def test_pack_windows_keeps_regions_whole() -> None:
 
 
 def test_long_utterance_spans_windows(perception: Perception) -> None:
-    """Over 30 s of speech is transcribed across windows, with times on the original timeline."""
-    sentence = "How much does this coffee machine cost?"
-    one = _speak(sentence, "en+f3", 150, pad=False)
+    """Over 30 s of speech (the twelve kiosk sentences in a row) is transcribed across windows,
+    with times on the original timeline. (Twelve different sentences: one sentence said twelve
+    times makes Whisper's own repetition check — gzip compression ratio > 2.4 — reject the
+    correct greedy text and fall back to sampling, which tests that heuristic, not the windows.)"""
     gap = np.zeros(16000, np.float32)
-    audio = np.concatenate([gap, *[np.concatenate([one, gap]) for _ in range(12)]])
+    audio = np.concatenate([gap, *[np.concatenate([_speak(t, v, s, pad=False), gap]) for t, v, s in SENTENCES]])
     assert audio.size / 16000 > 35
     enc = perception.encode_speech(audio, 16000)
-    assert wer(" ".join([sentence] * 12), enc.transcript) <= 0.25
-    assert enc.transcript.lower().count("coffee") == 12      # nothing lost where windows meet
+    assert wer(" ".join(t for t, _, _ in SENTENCES), enc.transcript) <= 0.25
+    said = set(normalise(enc.transcript))
+    for text, _, _ in SENTENCES:   # nothing lost where windows meet: most of each sentence is there
+        words = normalise(text)
+        assert sum(w in said for w in words) >= len(words) / 2, (text, enc.transcript)
     assert enc.segments[-1].end > 30 and enc.segments[-1].end <= enc.duration_s + 1e-6
     starts = [s.start for s in enc.segments]
     assert starts == sorted(starts)
