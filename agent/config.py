@@ -62,10 +62,11 @@ class LocalLLMConfig:
     group_prefill: bool = False
     # "int8": on CPU, the model's Linear layers run with int8 weights and per-call dynamically
     # quantized activations (torch's quantize_dynamic): prefill and decoding ~2x faster on the
-    # 2-core CPU (100-token prefill 272 -> ~130 ms, a decoding step 60 -> ~35 ms). The default
-    # GGUF is 4-bit already. The activation scale covers the whole batch, so a batched reply can
-    # differ in rare near-ties from the same reply alone. None: float weights. Ignored on CUDA.
-    quantize: str | None = "int8"
+    # 2-core CPU (100-token prefill 272 -> ~130 ms, a decoding step 60 -> ~35 ms). Off by default:
+    # with the 135M model it invents more numbers (6 demo questions: the grounding guard had to
+    # cut 3 replies with int8, 1 with float weights). The activation scale covers the whole batch,
+    # so a batched reply can also differ from the same reply alone. None: float. Ignored on CUDA.
+    quantize: str | None = None
 
     def validate(self) -> LocalLLMConfig:
         if self.quantize not in (None, "int8"):
