@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +60,57 @@ def _median(xs: list[float]) -> float | None:
     return round(statistics.median(xs), 2) if xs else None
 
 
+@contextlib.contextmanager
+def prompt_cache(llm: Any, entries: int) -> Iterator[None]:
+    """Run with ``entries`` recent prompt KV caches (0 = off), starting empty; restored after.
+    The benchmarks repeat their prompts, which the cache would otherwise serve."""
+    if llm is None:
+        yield
+        return
+    keep = llm.config.prompt_cache_entries
+    llm.config.prompt_cache_entries = entries
+    llm.clear_prompt_cache()
+    try:
+        yield
+    finally:
+        llm.config.prompt_cache_entries = keep
+        llm.clear_prompt_cache()
+
+
+def write_json(results: dict[str, Any], out: str | None, default_name: str) -> None:
+    path = Path(out or REPO_ROOT / "artifacts" / default_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def bench_model(llm: Any, agent: Any, runs: int) -> dict[str, Any]:
+    llm.load()
+    with prompt_cache(llm, 0):   # the repeated-prompt case is measured on its own below
+        out = _bench_model(llm, agent, runs)
+    with prompt_cache(llm, 8):   # the same prompt again (a repeated question): one token to run
+        out["first_token_ms_repeated_prompt"] = _median(_first_token_repeated(llm, out.pop("_prompts")))
+    return out
+
+
+def _first_token_repeated(llm: Any, prompts: list[Any]) -> list[float]:
+    from agent.responders import CancelToken
+
+    times = []
+    for pr in prompts:
+        for k in range(2):
+            st: dict[str, float] = {}
+            llm.generate(pr.messages, lambda s: None, CancelToken(), st, static_messages=pr.static_messages,
+                         max_new_tokens=2)
+            if k:
+                times.append(st["first_token_s"] * 1000)
+    return times
+
+
+def _bench_model(llm: Any, agent: Any, runs: int) -> dict[str, Any]:
     from agent.responders import CancelToken
 
     retriever = agent.retriever
-    llm.load()
-    # Repeated prompts would be served from the prompt KV cache: measured separately below.
-    keep_entries = llm.config.prompt_cache_entries
-    llm.config.prompt_cache_entries = 0
-    llm._prompt_caches.clear()
     ret_ms, prompt_ms, ft_cached, ft_plain, tps, ptoks, gtoks = [], [], [], [], [], [], []
     prompts = []
     for q in QUESTIONS:
@@ -98,25 +142,12 @@ def bench_model(llm: Any, agent: Any, runs: int) -> dict[str, Any]:
         finally:
             llm.config.max_new_tokens = old
         ft_plain.append(st["first_token_s"] * 1000)
-    # The same prompt again with the prompt cache on (a repeated question): one token to run.
-    llm.config.prompt_cache_entries = max(1, keep_entries)
-    ft_repeat = []
-    for pr in prompts:
-        for k in range(2):
-            st = {}
-            llm.generate(pr.messages, lambda s: None, CancelToken(), st, static_messages=pr.static_messages,
-                         max_new_tokens=2)
-            if k:
-                ft_repeat.append(st["first_token_s"] * 1000)
-    llm.config.prompt_cache_entries = keep_entries
-    llm._prompt_caches.clear()
-    return {
+    return {"_prompts": prompts,
         "model": llm.source, "device": str(llm.device), "dtype": str(llm.dtype).replace("torch.", ""),
         "load_s": round(llm.load_seconds or 0.0, 2),
         "retrieval_ms": _median(ret_ms), "prompt_build_ms": _median(prompt_ms),
         "prompt_tokens": _median(ptoks), "cached_prefix_tokens": None,
         "first_token_ms": _median(ft_cached), "first_token_ms_no_prefix_cache": _median(ft_plain),
-        "first_token_ms_repeated_prompt": _median(ft_repeat),
         "tokens_per_s": _median(tps), "generated_tokens": _median(gtoks),
         "n": len(ft_cached),
     }
@@ -128,12 +159,6 @@ def bench_agent_turns(agent: Any, runs: int) -> dict[str, Any]:
     first: list[float] = []
     totals: list[float] = []
     fusion_ms: list[float] = []
-
-    llm = getattr(agent.responder, "llm", None)
-    keep = llm.config.prompt_cache_entries if llm is not None else 0
-    if llm is not None:   # every run repeats the same prompts: measure without the prompt cache
-        llm.config.prompt_cache_entries = 0
-        llm._prompt_caches.clear()
 
     async def go() -> None:
         for _ in range(runs):
@@ -147,9 +172,8 @@ def bench_agent_turns(agent: Any, runs: int) -> dict[str, Any]:
                         if "fusion" in ev.timings:
                             fusion_ms.append(ev.timings["fusion"])
 
-    asyncio.run(go())
-    if llm is not None:
-        llm.config.prompt_cache_entries = keep
+    with prompt_cache(getattr(agent.responder, "llm", None), 0):   # every run repeats the prompts
+        asyncio.run(go())
     return {"first_delta_after_fusion_ms": _median(first), "fusion_ms": _median(fusion_ms),
             "turn_total_ms": _median(totals), "n": len(first)}
 
@@ -192,6 +216,12 @@ def _concurrent_round(llm: Any, prompts: list[Any], n: int, r: int) -> tuple[lis
     return [f - t0 for f in firsts if f is not None], sum(st.get("generated_tokens", 0.0) for st in stats), wall
 
 
+def _without_prompt_cache(llm: Any, *args: Any) -> dict[str, Any]:
+    # The serialized path has no prompt cache and the same prompts recur in every round.
+    with prompt_cache(llm, 0):
+        return bench_concurrency(llm, *args)
+
+
 def bench_concurrency(llm: Any, agent: Any, levels: list[int], runs: int, max_new_tokens: int) -> dict[str, Any]:
     """N replies started together, batched vs serialized: time to first token and aggregate tokens/s."""
     from agent.responders import CancelToken
@@ -202,8 +232,6 @@ def bench_concurrency(llm: Any, agent: Any, levels: list[int], runs: int, max_ne
         hits = retriever.relevant(retriever.search(retriever.embed_query(q)))
         prompts.append(agent.prompt_for(agent.open_session(), q, hits, {}, None))
     llm.config.max_new_tokens = max_new_tokens
-    # The serialized path has no prompt cache; the same prompts recur in every round.
-    llm.config.prompt_cache_entries = 0
     out: dict[str, Any] = {}
     for batching in (True, False):
         llm.config.batching = batching
@@ -258,15 +286,12 @@ def main() -> int:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                         "torch_threads": torch.get_num_threads(), "loadavg_start": [round(x, 2) for x in load0]},
             "max_new_tokens": args.max_new_tokens, "runs": args.runs,
-            "concurrency": bench_concurrency(llm, agent, levels, args.runs, args.max_new_tokens),
+            "concurrency": _without_prompt_cache(llm, agent, levels, args.runs, args.max_new_tokens),
         }
         res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         agent.close()
         print(f"load average {res['machine']['loadavg_start']} → {res['machine']['loadavg_end']}")
-        out = Path(args.out or REPO_ROOT / "artifacts" / "bench_agent_concurrency.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_json(res, args.out, "bench_agent_concurrency.json")
         return 0
     fusion = None
     try:
@@ -313,10 +338,7 @@ def main() -> int:
         line += f" {results['gpu_agent']['first_delta_after_fusion_ms']!s:>12}"
     print(line)
     print(f"load average {results['machine']['loadavg_start']} → {results['machine']['loadavg_end']}")
-    out = Path(args.out or REPO_ROOT / "artifacts" / "bench_agent.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(results, args.out, "bench_agent.json")
     return 0
 
 

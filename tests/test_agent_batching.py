@@ -159,7 +159,7 @@ def test_prompt_cache_reuses_the_longest_shared_prefix(local_llm: Any, serial: d
     assert system_len < other.stats["cached_prompt_tokens"] < other.stats["prompt_tokens"]
     assert other.text == serial[QUESTIONS[2]]
     with settings(local_llm, batching=True, max_new_tokens=MAX_NEW, prompt_cache_entries=0):
-        local_llm._prompt_caches.clear()
+        local_llm.clear_prompt_cache()
         plain = Stream(local_llm, q)
         run_all([plain])
     assert plain.stats["cached_prompt_tokens"] == system_len and plain.text == serial[q]
@@ -174,7 +174,7 @@ def test_replies_arriving_together_are_prefilled_in_one_pass(local_llm: Any, ser
     qs = QUESTIONS[1:4] if not prompt_cache else [QUESTIONS[0], QUESTIONS[1], QUESTIONS[2]]
     with settings(local_llm, batching=True, max_new_tokens=MAX_NEW, prompt_cache_entries=prompt_cache,
                   group_prefill=True):
-        local_llm._prompt_caches.clear()
+        local_llm.clear_prompt_cache()
         first = Stream(local_llm, QUESTIONS[0])
         rest = [Stream(local_llm, q) for q in qs]
         with local_llm._gen_lock:          # the scheduler takes the first reply, then waits for the lock

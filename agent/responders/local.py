@@ -233,6 +233,18 @@ class LocalLLM:
             ids = ids[:, -limit:]
         return ids
 
+    def _static_length(self, ids: torch.Tensor, static: list[dict[str, str]]) -> int:
+        """Tokens of the static leading messages if ``ids`` starts with them (and has more), else 0."""
+        if not static:
+            return 0
+        prefix = self.encode_chat(static, add_generation_prompt=False, truncate=False)
+        n = prefix.shape[1]
+        return n if n < ids.shape[1] and torch.equal(ids[0, :n].cpu(), prefix[0]) else 0
+
+    def clear_prompt_cache(self) -> None:
+        """Forget the recent prompts' KV caches (the static prefix caches stay)."""
+        self._prompt_caches.clear()
+
     def _prefix_cache(self, ids: torch.Tensor, static: list[dict[str, str]]) -> Any | None:
         """A copy of the KV cache of the static leading messages if ``ids`` starts with them
         (computed once per distinct prefix). Call with the generation lock held."""
@@ -263,11 +275,8 @@ class LocalLLM:
             if n > best_n:
                 best_key, best_n = key, n
         best_n = min(best_n, len(row) - 1)
-        static_cache = self._prefix_cache(ids, static) if static else None
-        if static_cache is not None and static_cache.get_seq_length() >= best_n:
-            return static_cache
-        if best_key is None or best_n <= 0:
-            return static_cache
+        if best_key is None or best_n <= self._static_length(ids, static):
+            return self._prefix_cache(ids, static) if static else None
         from transformers import DynamicCache
 
         self._prompt_caches.move_to_end(best_key)
@@ -276,8 +285,8 @@ class LocalLLM:
             cache.update(k[:, :, :best_n], v[:, :, :best_n], i)   # copies the shared prefix
         return cache
 
-    def _remember_prompt(self, ids: torch.Tensor, cache: Any) -> None:
-        """Keep a copy of a just-prefilled prompt's KV cache for later prompts sharing its prefix."""
+    def _remember_prompt(self, ids: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Keep a just-prefilled prompt's per-layer (keys, values) for later prompts sharing its prefix."""
         limit = self.config.prompt_cache_entries
         if limit <= 0:
             return
@@ -285,7 +294,7 @@ class LocalLLM:
         self._prompt_caches.pop(key, None)
         # References, not copies: the cache's tensors are never written in place (each decoding
         # step and each change of the batch makes new tensors), only its layer objects change.
-        self._prompt_caches[key] = (ids[0].cpu().numpy(), [(layer.keys, layer.values) for layer in cache.layers])
+        self._prompt_caches[key] = (ids[0].cpu().numpy(), layers)
         while len(self._prompt_caches) > limit:
             self._prompt_caches.popitem(last=False)
 
@@ -659,8 +668,8 @@ class _Batcher:
         cache = out.past_key_values
         for i, s in enumerate(seqs):   # each prompt's own KV (its real columns) for later prompts
             cols = mask[i].nonzero().squeeze(1)
-            llm._remember_prompt(s.ids, _RowCache([(layer.keys[i:i + 1, :, cols], layer.values[i:i + 1, :, cols])
-                                                   for layer in cache.layers]))
+            llm._remember_prompt(s.ids, [(layer.keys[i:i + 1, :, cols], layer.values[i:i + 1, :, cols])
+                                         for layer in cache.layers])
         self._join_rows(cache, mask, seqs)
         logits = out.logits[:, -1, :]
         for i, s in enumerate(seqs):
@@ -680,7 +689,7 @@ class _Batcher:
                         cache_position=torch.arange(n, total, device=ids.device), use_cache=True,
                         logits_to_keep=1)
         s.cache, s.length = out.past_key_values, total
-        llm._remember_prompt(ids, s.cache)
+        llm._remember_prompt(ids, [(layer.keys, layer.values) for layer in s.cache.layers])
         self._emit(s, self._choose(s, out.logits[:, -1, :]))
 
     def _join(self, s: _Seq) -> None:
@@ -754,17 +763,6 @@ def _quantize_int8(model: Any) -> Any:
     with warnings.catch_warnings():   # torch points to torchao for new code; this API still works
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-
-class _RowCache:
-    """The per-layer (keys, values) of one prompt, in the shape ``_remember_prompt`` reads."""
-
-    class _Layer:
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-            self.keys, self.values = keys, values
-
-    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.layers = [self._Layer(k, v) for k, v in layers]
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
