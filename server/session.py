@@ -83,7 +83,6 @@ class Speculation:
     task: asyncio.Task[Any]         # -> SpeechEncoding
     frames: list[Frame]             # the turn's frames, chosen as the speech ended
     hold: Hold | None = None        # a preemptive response (vad.preemptive_response), held back
-    answer: asyncio.Task[Any] | None = None
 
 
 def _turn_text(typed: list[str], speech: Any) -> str:
@@ -379,7 +378,7 @@ class Session:
                         and self.response is None and not self._turn_lock.locked() and self.pending.empty()):
                     spec.hold = Hold()
                     turn = PendingTurn(speech=task, item_id=self.speech_item_id)
-                    spec.answer = self._spawn(self._held_answer(spec.hold, turn, frames), name="preempt")
+                    self._spawn(self._held_answer(spec.hold, turn, frames), name="preempt")
             elif isinstance(e, SpeechResumed):
                 if self._speculation is not None and self._speculation.token == e.token:
                     self._take_speculation(None)
@@ -405,10 +404,13 @@ class Session:
         spec, self._speculation = self._speculation, None
         if spec is not None and (token is None or spec.token != token):
             spec.task.cancel()
-            if spec.hold is not None and spec.hold.discard():
-                self.server.metrics.preemptive.inc(outcome="discarded")
+            self._discard(spec.hold)
             return None
         return spec
+
+    def _discard(self, hold: Hold | None) -> None:
+        if hold is not None and hold.discard():
+            self.server.metrics.preemptive.inc(outcome="discarded")
 
     async def _held_answer(self, hold: Hold, pending: PendingTurn, frames: list[Frame]) -> None:
         """A preemptive response: the turn's answer, started at a pause, its events held."""
@@ -473,8 +475,8 @@ class Session:
             self._spawn(self._transcribe(item_id, audio, speculation.task, release=speculation.hold),
                         name="transcribe")
             return
-        if speculation is not None and speculation.hold is not None and speculation.hold.discard():
-            self.server.metrics.preemptive.inc(outcome="discarded")
+        if speculation is not None:
+            self._discard(speculation.hold)
         speech = self._spawn(self._transcribe(item_id, audio, speculation.task if speculation else None),
                              name="transcribe")
         self.pending.speech = speech
