@@ -134,6 +134,25 @@ def test_stream_starts_with_first_clause(tts: Synthesizer) -> None:
     assert stream.first_chunk_s is not None and stream.audio_ms > 6000
 
 
+def test_first_chunk_does_not_wait_for_a_long_sentence(tts: Synthesizer) -> None:
+    """A long first sentence streaming in word by word is cut at a phrase break after six words,
+    so its first audio comes before the sentence has finished arriving."""
+    text = "You can return unused items within 30 days with the receipt at the service desk."
+    words = text.split(" ")
+    stream = tts.open_stream(16000)
+    for w in words[:10]:
+        stream.feed(w + " ")
+    chunks = stream.chunks(timeout=30)
+    first = next(chunks)
+    assert first.text == "You can return unused items within 30 days"
+    for w in words[10:]:
+        stream.feed(w + " ")
+    stream.finish()
+    rest = list(chunks)
+    assert " ".join(c.text for c in [first, *rest] if c.text) == text
+    assert ClauseSplitter().cut_words(6) == []
+
+
 @pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000, 22050])
 def test_output_rates(tts: Synthesizer, rate: int) -> None:
     """Every supported output rate gives the same duration of audio (±3 %), PCM16 mono."""

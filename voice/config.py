@@ -41,6 +41,10 @@ class VoiceConfig:
     threads: int = 1                       # ONNX Runtime intra-op threads per synthesis worker
     workers: int = 1                       # synthesis threads shared by every reply of the process
     max_chunk_chars: int = 220             # text synthesised in one call after the first clause
+    # A reply's first chunk ends at its first clause or after this many words, whichever comes
+    # first (0 = at the first clause only): with an LLM streaming ~15 tokens/s, a 15-word first
+    # sentence would take a second to arrive before its synthesis could start.
+    first_chunk_words: int = 6
 
     def __post_init__(self) -> None:
         for name in ("length_scale", "noise_scale", "noise_w"):
@@ -55,6 +59,8 @@ class VoiceConfig:
                 raise ConfigError(f"voice.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.sentence_pause_ms, int) or not 0 <= self.sentence_pause_ms <= 2000:
             raise ConfigError(f"voice.sentence_pause_ms must be an integer in [0, 2000], got {self.sentence_pause_ms!r}")
+        if not isinstance(self.first_chunk_words, int) or self.first_chunk_words < 0:
+            raise ConfigError(f"voice.first_chunk_words must be a non-negative integer, got {self.first_chunk_words!r}")
         if not isinstance(self.speaker, int) or self.speaker < 0:
             raise ConfigError(f"voice.speaker must be a non-negative integer, got {self.speaker!r}")
         check_rate(self.output_rate)

@@ -12,9 +12,10 @@ they arrive and reads :class:`AudioChunk` s (PCM16 at the session's rate) as the
     for chunk in stream.chunks():              # or: async for chunk in stream
         send(chunk.pcm)                        # stream.cancel() on barge-in
 
-Chunking: the first clause of a reply is synthesised alone (audio starts after one short
-clause); later text is synthesised a sentence at a time (better prosody across commas), split
-at a clause when a sentence grows past ``max_chunk_chars``.
+Chunking: the first clause of a reply is synthesised alone, or its first ``first_chunk_words``
+words when the clause is longer (audio starts after a few words, not after a whole first
+sentence has streamed in); later text is synthesised a sentence at a time (better prosody across
+commas), split at a clause when a sentence grows past ``max_chunk_chars``.
 
 Scheduling: each stream has at most one chunk in the queue (its chunks are resampled in order
 by one soxr stream), and the queue serves the chunk whose audio is needed soonest — a reply's
@@ -111,6 +112,9 @@ class SpeechStream:
             if self._finished or self.cancelled:
                 return
             self._pending += self._splitter.feed(delta)
+            words = self._synth.config.first_chunk_words
+            if words and not self._pending and self._first_chunk_open():
+                self._pending += self._splitter.cut_words(words)
             self._group(final=False)
         self._synth._schedule(self)
 
@@ -134,11 +138,14 @@ class SpeechStream:
             self._pending.clear()
         self._close()
 
+    def _first_chunk_open(self) -> bool:
+        return not self._jobs and not self._chunks and not self._queued
+
     def _group(self, final: bool) -> None:
         # The first clause alone; then whole sentences, split at a clause past max_chunk_chars.
         limit = self._synth.config.max_chunk_chars
         while self._pending:
-            first = not self._jobs and not self._chunks and not self._queued
+            first = self._first_chunk_open()
             take = 0
             if first:
                 take = 1

@@ -36,6 +36,14 @@ _TITLES = {"mr", "mrs", "ms", "dr", "st", "mt", "no", "vs", "jr", "sr", "prof", 
 _ABBREVIATIONS = {"a.m", "p.m", "etc", "inc", "ltd", "co"}
 # A clause that is too long to wait for (a list without commas): split at the last space.
 MAX_CLAUSE_CHARS = 300
+# Cutting a clause early (a reply's first chunk): words a phrase should not stop on, words that
+# start a new phrase (a natural place to break), and how far past the minimum to look for one.
+EARLY_CUT_SLACK = 4
+_PHRASE_STARTS = frozenset({"with", "within", "at", "in", "on", "to", "for", "from", "by", "and", "or", "but",
+                            "because", "so", "which", "where", "when", "if", "next", "near", "behind", "before",
+                            "after", "until", "unless", "while"})
+_WEAK_ENDINGS = frozenset({"a", "an", "the", "to", "of", "and", "or", "but", "in", "on", "at", "for", "with",
+                           "from", "by", "is", "are", "was", "your", "my", "our", "their", "its", "this", "that"})
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,34 @@ class ClauseSplitter:
         if not _speakable(text):
             return []
         return [Clause(text, terminator, sentence_end)]
+
+    def cut_words(self, words: int) -> list[Clause]:
+        """Cut the unfinished clause early, at a phrase break after at least ``words`` complete
+        words (a reply's first chunk must not wait for a long first sentence to stream in).
+
+        The break is before a preposition or conjunction ("You can return unused items | within
+        30 days"); with none within ``words + EARLY_CUT_SLACK`` words, after the last word there
+        that a phrase may end on. Nothing while too few complete words have arrived.
+        """
+        complete = self._buf if self._buf[-1:].isspace() else self._buf[:max(0, self._buf.rfind(" "))]
+        tokens = complete.split()
+
+        def plain(tok: str) -> str:
+            return tok.lower().strip("\"'()")
+
+        cut = 0
+        for j in range(max(1, words), len(tokens)):          # a break between tokens[j-1] and tokens[j]
+            if plain(tokens[j]) in _PHRASE_STARTS and plain(tokens[j - 1]) not in _WEAK_ENDINGS:
+                cut = j
+                break
+        if not cut and len(tokens) >= words + EARLY_CUT_SLACK:
+            cut = next((k for k in range(words + EARLY_CUT_SLACK, 0, -1) if plain(tokens[k - 1]) not in _WEAK_ENDINGS), 0)
+        if not cut:
+            return []
+        end = 0
+        for tok in tokens[:cut]:
+            end = self._buf.index(tok, end) + len(tok)
+        return self._cut(end, "", end, sentence_end=False)
 
     def flush(self) -> list[Clause]:
         """The reply is complete: return what is left as a final clause."""
