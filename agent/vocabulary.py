@@ -5,7 +5,7 @@ decoding (``PerceptionConfig.speech_vocabulary``), so "service desk" is heard as
 and not "sewing vistes". Read with ``getattr``: older packs have no aliases.
 
 >>> from agent.pack import load_pack
->>> "service desk" in [t.lower() for t in pack_vocabulary(load_pack())]
+>>> "service desk" in pack_vocabulary(load_pack())
 True
 """
 
@@ -19,8 +19,15 @@ _DETAIL = re.compile(r"\s*(\([^)]*\)|,.*)$")
 _LOCATION = re.compile(r"\s+(location|policy)$", re.IGNORECASE)
 
 
-def _spoken(term: str) -> str:
-    return " ".join(_DETAIL.sub("", term).split())
+def _spoken(term: str, heading: bool = False) -> str:
+    """As said mid-sentence: details dropped, a heading's capital lowered ("Whole milk" → "whole
+    milk"; "AA batteries" and "USB-C" keep theirs). Whisper copies the prompt's spelling, so "the
+    Ground coffee" would otherwise come back capitalised. A one-word name ("Visa") may be a brand
+    and keeps its capital; entry titles are headings and never are."""
+    words = _DETAIL.sub("", term).split()
+    if words and (heading or len(words) > 1) and words[0][:1].isupper() and words[0][1:].islower():
+        words[0] = words[0].lower()
+    return " ".join(words)
 
 
 def pack_vocabulary(pack: Any) -> list[str]:
@@ -36,7 +43,7 @@ def pack_vocabulary(pack: Any) -> list[str]:
             names.append(_spoken(entry.name))
         aliases += [_spoken(a) for a in getattr(entry, "aliases", ()) or ()]
         if getattr(entry, "title", ""):
-            titles.append(_LOCATION.sub("", _spoken(entry.title)))
+            titles.append(_LOCATION.sub("", _spoken(entry.title, heading=True)))
         keywords += [_spoken(k) for k in getattr(entry, "keywords", ()) or ()]
     seen: set[str] = set()
     out: list[str] = []

@@ -1,10 +1,11 @@
 """Recognition benchmark: word error rate and key-term recall of the pack's vocabulary.
 
 Kiosk questions that name the demo pack's products, places and services are spoken by
-espeak-ng in ``--voices`` (8 voices) at two speeds, clean and with white noise at ``--snr-db``
-(10 dB, relative to the speech's RMS), then transcribed by each configuration:
+espeak-ng in 8 voices at two speeds, clean and with white noise at each ``--snr-db`` (20 and
+10 dB, relative to the speech's RMS), then transcribed by each configuration:
 
 - tiny.en plain (today's default), tiny.en biased (the pack's vocabulary as Whisper's prompt),
+  the same with beam search of 3 (``speech_beam_size: 3``),
 - base plain and base biased (the multilingual Whisper base, ``speech_model: whisper-base``).
 
 Key-term recall: the share of the pack terms said in a question that the transcript contains
@@ -12,7 +13,7 @@ Key-term recall: the share of the pack terms said in a question that the transcr
 transcript that were not said (what a prompt could make Whisper invent). WER after Whisper's
 English normaliser. Accuracy does not depend on the machine's load; times do.
 
-    .venv/bin/python bench/recognition.py [--snr-db 10] [--configs tiny tiny-biased base base-biased]
+    .venv/bin/python bench/recognition.py [--snr-db 20 10] [--configs tiny tiny-biased ...]
 """
 
 from __future__ import annotations
@@ -52,11 +53,12 @@ QUESTIONS = [
 ]
 VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029", "en-us+f3", "en-gb+m3"]
 SPEEDS = [150, 185]
-CONFIGS = {
-    "tiny": ("tiny.en plain", None, False),
-    "tiny-biased": ("tiny.en biased", None, True),
-    "base": ("base plain", "whisper-base", False),
-    "base-biased": ("base biased", "whisper-base", True),
+CONFIGS = {   # label, speech_model, biased, beam size
+    "tiny": ("tiny.en plain", None, False, 1),
+    "tiny-biased": ("tiny.en biased", None, True, 1),
+    "tiny-biased-beam3": ("tiny.en biased b3", None, True, 3),
+    "base": ("base plain", "whisper-base", False, 1),
+    "base-biased": ("base biased", "whisper-base", True, 1),
 }
 
 
@@ -99,7 +101,8 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--snr-db", type=float, default=10.0)
+    ap.add_argument("--snr-db", type=float, nargs="+", default=[20.0, 10.0],
+                    help="white-noise SNRs of the noisy copies (dB, relative to the speech's RMS)")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--out", default=str(REPO / "artifacts" / "bench_recognition.json"))
     args = ap.parse_args()
@@ -117,12 +120,14 @@ def main() -> None:
             for speed in SPEEDS:
                 clean = speak(text, voice, speed)
                 clips.append((text, terms, voice, speed, "clean", clean))
-                clips.append((text, terms, voice, speed, f"noise {args.snr_db:g} dB", add_noise(clean, args.snr_db, rng)))
+                for snr in args.snr_db:
+                    clips.append((text, terms, voice, speed, f"noise {snr:g} dB", add_noise(clean, snr, rng)))
     results: dict[str, Any] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     for key in args.configs:
-        label, model, biased = CONFIGS[key]
-        p = Perception(PerceptionConfig(speech_model=model, speech_vocabulary=vocabulary if biased else ()))
+        label, model, biased, beam = CONFIGS[key]
+        p = Perception(PerceptionConfig(speech_model=model, speech_vocabulary=vocabulary if biased else (),
+                                        speech_beam_size=beam))
         p.warmup(("speech",))
         rows: dict[str, dict[str, float]] = {}
         times, detail = [], []
@@ -149,16 +154,17 @@ def main() -> None:
         samples[key] = detail
     load_avg_end = os.getloadavg()
 
-    conditions = ["clean", f"noise {args.snr_db:g} dB", "all"]
+    conditions = ["clean", *(f"noise {snr:g} dB" for snr in args.snr_db), "all"]
+    snrs = " / ".join(f"{snr:g}" for snr in args.snr_db)
     print(f"\nRecognition: {len(QUESTIONS)} kiosk questions × {len(VOICES)} espeak-ng voices × {len(SPEEDS)} speeds "
-          f"× clean / white noise {args.snr_db:g} dB SNR = {len(clips)} clips per configuration; demo pack "
+          f"× clean + white noise at {snrs} dB SNR = {len(clips)} clips per configuration; demo pack "
           f"vocabulary ({len(vocabulary)} terms); load average {load_avg_start[0]:.2f} → {load_avg_end[0]:.2f}")
-    print(f"{'configuration':16s} " + " ".join(f"{c + ' WER':>16s} {c + ' recall':>19s}" for c in conditions)
-          + f" {'invented':>9s} {'median ms':>10s}")
+    print("WER / key-term recall per condition; invented = pack terms in a transcript that were not said")
+    print(f"{'configuration':18s} " + " ".join(f"{c:>20s}" for c in conditions) + f" {'invented':>9s} {'median ms':>10s}")
     for key in args.configs:
         r = results[key]
-        cells = " ".join(f"{r[c]['wer']:16.3f} {100 * r[c]['term_recall']:18.1f}%" for c in conditions)
-        print(f"{r['label']:16s} {cells} {r['all']['invented_terms']:>9d} {r['median_ms']:10.0f}")
+        cells = " ".join(f"{r[c]['wer']:9.3f} / {100 * r[c]['term_recall']:5.1f}%" for c in conditions)
+        print(f"{r['label']:18s} {cells} {r['all']['invented_terms']:>9d} {r['median_ms']:10.0f}")
     if "tiny" in samples and "tiny-biased" in samples:
         print("\nService desk, en-gb 150 wpm, clean: plain →", next(
             d["heard"] for d in samples["tiny"] if d["voice"] == "en-gb" and d["speed"] == 150

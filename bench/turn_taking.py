@@ -231,6 +231,8 @@ def main() -> None:
     ap.add_argument("--check-ms", type=int, default=200)
     ap.add_argument("--thresholds", type=float, nargs="*", default=[0.8, 0.9, 0.95, 0.98],
                     help="extra P(complete) thresholds for smart-turn+transcript (the trade-off curve)")
+    ap.add_argument("--confident", type=float, nargs="*", default=[0.9, 0.95],
+                    help="three-tier detectors: P(complete) needed to end at the check (else 500 ms)")
     ap.add_argument("--out", default=str(REPO / "artifacts" / "bench_turn_taking.json"))
     args = ap.parse_args()
 
@@ -260,6 +262,10 @@ def main() -> None:
         "smart-turn": (SmartTurnDetector(model, check_ms=args.check_ms, use_transcript=False), None),
         "smart-turn+transcript": (SmartTurnDetector(model, check_ms=args.check_ms, use_transcript=True), asr),
     }
+    for confident in args.confident:      # three tiers: confident → end now, unsure → 500 ms, else the long limit
+        detectors[f"smart-turn+transcript tiers@{confident:g}"] = (
+            SmartTurnDetector(model, check_ms=args.check_ms, use_transcript=True, confident=confident,
+                              unsure_ms=500), asr)
     for threshold in args.thresholds:     # the trade-off: a higher bar cuts in less and ends fewer turns early
         detectors[f"smart-turn+transcript@{threshold:g}"] = (
             SmartTurnDetector(model, check_ms=args.check_ms, threshold=threshold, use_transcript=True), asr)
@@ -277,12 +283,12 @@ def main() -> None:
           f"{sum(u.kind == 'paused_phrase' for u in utts)} after an unfinished phrase said alone (paused_phrase), "
           f"{args.pause_ms} ms pause, Piper voice, StreamingVad (Silero), check at {args.check_ms} ms; "
           f"load average {load_avg_start[0]:.2f} → {load_avg_end[0]:.2f}")
-    print(f"{'detector':30s} {'pause kind':14s} {'false cut-ins':>14s} {'EoT p50 ms':>11s} {'EoT p95 ms':>11s} "
+    print(f"{'detector':36s} {'pause kind':14s} {'false cut-ins':>14s} {'EoT p50 ms':>11s} {'EoT p95 ms':>11s} "
           f"{'≤300 ms':>8s} {'long waits':>10s} {'compute ms':>10s}")
     for r in rows:
         def f(v: float | None) -> str:
             return "—" if v is None else f"{v:.0f}"
-        print(f"{r['detector']:30s} {r['paused_kind']:14s} {r['false_cut_ins']:>4d} ({100 * r['false_cut_in_rate']:4.1f} %) "
+        print(f"{r['detector']:36s} {r['paused_kind']:14s} {r['false_cut_ins']:>4d} ({100 * r['false_cut_in_rate']:4.1f} %) "
               f"{f(r['end_of_turn_ms_p50']):>11s} {f(r['end_of_turn_ms_p95']):>11s} "
               f"{100 * r['complete_within_300ms']:7.0f}% {r['complete_waited_long_limit']:>10d} {f(r['compute_ms_p50']):>10s}")
     out = Path(args.out)

@@ -141,6 +141,8 @@ class TurnConfig:
     threshold: float | None = None        # None = the eagerness default
     max_silence_ms: int | None = None     # None = the eagerness default
     use_transcript: bool = True
+    confident: float | None = None        # set: P between threshold and this waits unsure_ms, not 0
+    unsure_ms: int = 500
     model_path: str | None = None         # None = Smart Turn v3.2 from pipecat-ai
     threads: int = 1
 
@@ -149,12 +151,15 @@ class TurnConfig:
             raise ConfigError(f"turn.mode must be 'silence' or 'smart_turn', got {self.mode!r}")
         if self.eagerness not in EAGERNESS:
             raise ConfigError(f"turn.eagerness must be one of {sorted(EAGERNESS)}, got {self.eagerness!r}")
-        for name in ("silence_ms", "check_ms", "threads"):
+        for name in ("silence_ms", "check_ms", "threads", "unsure_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"turn.{name} must be a positive integer, got {value!r}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"turn.threshold must be in (0, 1), got {self.threshold}")
+        if self.confident is not None and not (0.0 < self.confident < 1.0
+                                               and self.confident > (self.threshold or EAGERNESS[self.eagerness][0])):
+            raise ConfigError(f"turn.confident must be in (threshold, 1), got {self.confident}")
         limit = self.max_silence_ms
         if limit is not None and (not isinstance(limit, int) or limit <= self.check_ms):
             raise ConfigError(f"turn.max_silence_ms must be an integer above check_ms ({self.check_ms}), got {limit!r}")
@@ -166,7 +171,7 @@ class TurnVerdict:
     may already be the case: end now), unless speech resumes first.
 
     ``probability``: the model's P(complete), None when no model was asked. ``reason``:
-    "silence", "complete", "incomplete" or "transcript_incomplete".
+    "silence", "complete", "unsure", "incomplete" or "transcript_incomplete".
     """
 
     end_after_ms: int
@@ -223,14 +228,21 @@ def transcript_incomplete(transcript: str) -> bool:
 
 class SmartTurnDetector:
     """Asks Smart Turn at ``check_ms`` of silence: complete → end now; incomplete → wait up to
-    ``max_silence_ms``. A dangling transcript (``use_transcript``) waits like an incomplete turn."""
+    ``max_silence_ms``. A dangling transcript (``use_transcript``) waits like an incomplete turn.
+
+    With ``confident`` set, a third tier: P(complete) between ``threshold`` and ``confident`` is
+    "unsure" and ends after ``unsure_ms`` of silence (today's fixed wait), so only a confident
+    model ends a turn early, and an unsure one does not hold it for the long limit.
+    """
 
     name = "smart_turn"
 
     def __init__(self, model: SmartTurnModel, *, check_ms: int = 200, threshold: float = 0.5,
-                 max_silence_ms: int = 4000, use_transcript: bool = True) -> None:
+                 max_silence_ms: int = 4000, use_transcript: bool = True, confident: float | None = None,
+                 unsure_ms: int = 500) -> None:
         self.model, self.check_ms, self.threshold = model, check_ms, threshold
         self.max_silence_ms, self.use_transcript = max_silence_ms, use_transcript
+        self.confident, self.unsure_ms = confident, unsure_ms
 
     def decide(self, audio: np.ndarray, sample_rate: int, *, transcript: str | None = None) -> TurnVerdict:
         p = self.model.probability(to_16k(audio, sample_rate))
@@ -238,6 +250,8 @@ class SmartTurnDetector:
             return TurnVerdict(self.max_silence_ms, p, "incomplete")
         if self.use_transcript and transcript is not None and transcript_incomplete(transcript):
             return TurnVerdict(self.max_silence_ms, p, "transcript_incomplete")
+        if self.confident is not None and p < self.confident:
+            return TurnVerdict(max(self.check_ms, self.unsure_ms), p, "unsure")
         return TurnVerdict(self.check_ms, p, "complete")
 
 
@@ -269,4 +283,5 @@ def make_turn_detector(config: TurnConfig | None = None) -> EndOfTurnDetector:
     threshold, limit = EAGERNESS[config.eagerness]
     return SmartTurnDetector(load_smart_turn(config.model_path, config.threads), check_ms=config.check_ms,
                              threshold=config.threshold if config.threshold is not None else threshold,
-                             max_silence_ms=config.max_silence_ms or limit, use_transcript=config.use_transcript)
+                             max_silence_ms=config.max_silence_ms or limit, use_transcript=config.use_transcript,
+                             confident=config.confident, unsure_ms=config.unsure_ms)

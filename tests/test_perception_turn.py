@@ -113,6 +113,9 @@ def test_smart_turn_detector_verdicts(steady_voice: object) -> None:
     assert v.reason == "transcript_incomplete" and v.end_after_ms == 4000
     high = make_turn_detector(TurnConfig(mode="smart_turn", eagerness="high"))
     assert high.max_silence_ms == 2000
+    strict = make_turn_detector(TurnConfig(mode="smart_turn", confident=0.999, unsure_ms=500))
+    v = strict.decide(done, 16000)
+    assert v.reason == "unsure" and v.end_after_ms == 500
 
 
 def test_turn_config_and_input_errors(smart_turn: SmartTurnModel) -> None:
@@ -121,6 +124,8 @@ def test_turn_config_and_input_errors(smart_turn: SmartTurnModel) -> None:
         TurnConfig(mode="vibes")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="eagerness"):
         TurnConfig(eagerness="eager")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="confident"):
+        TurnConfig(threshold=0.6, confident=0.5)
     with pytest.raises(ConfigError, match="max_silence_ms"):
         TurnConfig(check_ms=300, max_silence_ms=200)
     d = SmartTurnDetector(smart_turn)

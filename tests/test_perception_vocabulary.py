@@ -35,11 +35,13 @@ def biased_perception() -> Perception:
 def test_pack_vocabulary_reads_names_titles_keywords_and_aliases() -> None:
     """Product names and titles of the demo pack, sizes dropped; aliases and keywords when present."""
     terms = pack_vocabulary(load_pack())
-    assert "Service desk" in terms and "AA batteries" in terms and "Whole milk" in terms
+    assert "service desk" in terms and "AA batteries" in terms and "whole milk" in terms and "toilets" in terms
     assert not any("location" in t.lower() or "litre" in t for t in terms)
-    entry = SimpleNamespace(name="Energizer AA (4 pack)", title="", keywords=("batteries",), aliases=("double A",))
+    entry = SimpleNamespace(name="Long-life AA batteries (4 pack)", title="", keywords=("Duracell",),
+                            aliases=("Double A batteries",))
     bare = SimpleNamespace(name="", title="", keywords=())        # an entry of a pack without aliases
-    assert pack_vocabulary(SimpleNamespace(entries=[entry, bare])) == ["Energizer AA", "double A", "batteries"]
+    assert pack_vocabulary(SimpleNamespace(entries=[entry, bare])) == ["long-life AA batteries", "double A batteries",
+                                                                               "Duracell"]
     assert pack_vocabulary(SimpleNamespace(entries=[bare])) == []
 
 
@@ -89,7 +91,7 @@ def test_server_engine_uses_the_pack_vocabulary() -> None:
     from server.metrics import Metrics
 
     engine = Engine(load_config(None, env={}, overrides={}), Metrics())
-    assert "Service desk" in engine._perception_config().speech_vocabulary
+    assert "service desk" in engine._perception_config().speech_vocabulary
     off = Engine(load_config(None, env={}, overrides={"perception": {"speech_vocabulary": []}}), Metrics())
     assert off._perception_config().speech_vocabulary == ()
     for e in (engine, off):
