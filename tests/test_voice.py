@@ -151,6 +151,8 @@ def test_first_chunk_does_not_wait_for_a_long_sentence(tts: Synthesizer) -> None
     rest = list(chunks)
     assert " ".join(c.text for c in [first, *rest] if c.text) == text
     assert ClauseSplitter().cut_words(6) == []
+    _, whole = tts.synthesize(text)                   # the whole text at once: the same first phrase
+    assert whole[0].text == first.text
 
 
 @pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000, 22050])

@@ -43,7 +43,7 @@ from .config import VoiceConfig, check_rate
 from .errors import InvalidTextError, MMAgentError
 from .phonemes import EspeakPhonemizer, clause_phonemes
 from .piper import PiperVoice
-from .text import Clause, ClauseSplitter, normalize
+from .text import Clause, ClauseSplitter, normalize, split_early
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,9 @@ class SpeechStream:
             take = 0
             if first:
                 take = 1
+                words = self._synth.config.first_chunk_words
+                if words:      # a whole first sentence at once (a canned reply): start after a phrase
+                    self._pending[:1] = split_early(self._pending[0], words)
             else:
                 size = 0
                 for k, c in enumerate(self._pending):

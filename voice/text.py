@@ -169,6 +169,16 @@ def _speakable(text: str) -> bool:
     return any(c.isalnum() for c in text)
 
 
+def split_early(clause: Clause, words: int) -> list[Clause]:
+    """``clause`` cut at a phrase break after ``words`` words (ClauseSplitter.cut_words), or whole."""
+    splitter = ClauseSplitter()
+    head = splitter.feed(clause.text + " ") or splitter.cut_words(words)
+    rest = splitter.flush()
+    if not head or not rest:
+        return [clause]
+    return [head[0], Clause(" ".join(c.text for c in rest), clause.terminator, clause.sentence_end)]
+
+
 def split_clauses(text: str) -> list[Clause]:
     """All clauses of a complete text."""
     s = ClauseSplitter()
