@@ -345,6 +345,7 @@ function handleEvent(ev) {
       break;
     }
     case "input_audio_buffer.committed": {
+      if (state.mode === "ptt") conn.send({ type: "response.create" }); // Realtime GA: a commit alone starts no response
       const t = speechTurn(ev.item_id);
       if (!t.userEl) chat.addUser(t, { text: "Transcribing…", kind: "speech", pending: true });
       break;
