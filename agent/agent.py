@@ -32,7 +32,7 @@ from perception.errors import MMAgentError
 from perception.types import FrameEncoding, SpeechEncoding, TextEncoding
 
 from .config import AgentConfig
-from .control import TurnControl, tool_result_decision, with_instructions
+from .control import TurnControl, TurnFate, tool_result_decision, with_instructions
 from .errors import ActionError
 from .events import (
     ActionEvent,
@@ -372,10 +372,11 @@ class Agent:
         finally:
             if watcher is not None:
                 watcher.cancel()
-        if not await control.decided():   # the caller never showed this turn: forget it
+        if not await control.decided():   # never shown (or outside the conversation): forget it
             session.abandon_turn(record, faces_before)
-            yield TurnDoneEvent(status="cancelled", text="".join(text_parts), timings=dict(timings),
-                                turn_id=record.turn_id, route=record.route)
+            yield TurnDoneEvent(status=status if control.fate is TurnFate.COMMITTED else "cancelled",  # type: ignore[arg-type]
+                                text="".join(text_parts), timings=dict(timings), turn_id=record.turn_id,
+                                route=record.route)
             return
         if control.error:   # e.g. the caller's turn timeout
             status, error = "failed", control.error

@@ -31,15 +31,28 @@ stamp_key=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
 stamp=.venv/.mmagent-stamp
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_key" ]; then
   echo "setup: .venv is up to date (stamp $stamp_key)"
-  exit 0
+else
+  echo "setup: building .venv"
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip==26.3 setuptools==84.2.1 wheel
+  # torch==2.13.0 in the lock resolves to the CPU build where the machine has it on disk
+  # (this project's machines do), else to PyPI's default build. See README "Why these torch builds".
+  .venv/bin/python -m pip install -q --no-deps -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  echo "$stamp_key" > "$stamp"
 fi
 
-echo "setup: building .venv"
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip==26.3 setuptools==84.2.1 wheel
-# torch==2.13.0 in the lock resolves to the CPU build where the machine has it on disk
-# (this project's machines do), else to PyPI's default build. See README "Why these torch builds".
-.venv/bin/python -m pip install -q --no-deps -r requirements.lock
-.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
-echo "$stamp_key" > "$stamp"
+# The official OpenAI SDK for the Realtime conformance test, in its own environment: its
+# realtime extra pins websockets < 16 (the project uses 17). Its own lock and stamp.
+sdk_lock=tests/conformance/requirements.lock
+sdk_key=$(sha256sum "$sdk_lock" | cut -d' ' -f1)
+sdk_stamp=.venv-openai/.mmagent-stamp
+if [ -x .venv-openai/bin/python ] && [ -f "$sdk_stamp" ] && [ "$(cat "$sdk_stamp")" = "$sdk_key" ]; then
+  echo "setup: .venv-openai is up to date (stamp $sdk_key)"
+else
+  echo "setup: building .venv-openai (openai[realtime] for tests/conformance)"
+  [ -x .venv-openai/bin/python ] || "$PY" -m venv .venv-openai
+  .venv-openai/bin/python -m pip install -q --no-deps -r "$sdk_lock"
+  echo "$sdk_key" > "$sdk_stamp"
+fi
 echo "setup: done"
