@@ -126,11 +126,15 @@ class ServerConfig:
             raise ConfigError("vad.threshold must be within (0, 1)")
         if not 100 <= self.vad.silence_duration_ms <= 5000:
             raise ConfigError("vad.silence_duration_ms must be within 100..5000")
+        if self.vad.max_hold_ms <= 0:
+            raise ConfigError("vad.max_hold_ms must be > 0")
+        if self.pipeline.respond_timeout_s < 0:
+            raise ConfigError("pipeline.respond_timeout_s must be >= 0 (0 = no timeout)")
         lim = self.limits
         if lim.hard_max_message_bytes < lim.max_message_bytes:
             raise ConfigError("limits.hard_max_message_bytes must be >= limits.max_message_bytes")
         for name in ("max_frames_per_s", "max_audio_seconds_per_s", "max_pending_audio_s", "idle_timeout_s",
-                     "frame_window_s"):
+                     "frame_window_s", "audio_burst_s"):
             if getattr(lim, name) <= 0:
                 raise ConfigError(f"limits.{name} must be > 0")
         for name in ("max_sessions", "max_sessions_per_token", "max_frames_per_turn", "max_errors_per_10s",
