@@ -301,6 +301,16 @@ class RealtimeClient:
             ev["response_id"] = response_id
         return await self.send(ev)
 
+    async def send_action_result(self, call_id: str, output: dict[str, Any] | str, *, respond: bool = True) -> str:
+        """Report an action's result (a ``function_call_output`` item); ``respond``: then ask the
+        agent to continue from it (``response.create``)."""
+        text = output if isinstance(output, str) else json.dumps(output)
+        eid = await self.send({"type": "conversation.item.create",
+                               "item": {"type": "function_call_output", "call_id": call_id, "output": text}})
+        if respond:
+            await self.send({"type": "response.create"})
+        return eid
+
 
 class SyncRealtimeClient:
     """Thread-backed client: an event loop in a daemon thread. ``send_*`` methods never block
@@ -385,6 +395,9 @@ class SyncRealtimeClient:
 
     def cancel(self, response_id: str | None = None) -> None:
         self._submit("cancel_response", response_id)
+
+    def send_action_result(self, call_id: str, output: dict[str, Any] | str, *, respond: bool = True) -> None:
+        self._submit("send_action_result", call_id, output, respond=respond)
 
     # Receiving.
     def poll(self) -> list[dict[str, Any]]:
