@@ -562,3 +562,17 @@ def test_codec_rejects_bad_items_with_codes() -> None:
     with pytest.raises(ProtocolError) as info:
         CODEC.decode(json.dumps({"type": "response.create", "response": {"conversation": "other"}}))
     assert info.value.code == "invalid_value"
+
+
+def test_whole_utterance_in_one_chunk_with_a_dropped_pause() -> None:
+    """Pause → resume → pause → stop in one detector call (a recording uploaded at once): the
+    first speculation's runner ending late must not end the turn the second one answers."""
+    async def t(conv: Conversation, engine: FakeEngine, rt: FakeRuntime) -> None:
+        out = vad(conv, SpeechStarted(0), SpeechPaused(1, AUDIO), SpeechResumed(1), SpeechPaused(2, AUDIO),
+                  SpeechStopped(3000, AUDIO, 2))
+        out += await drain(conv)
+        ts = types(out)
+        assert ts.count("response.created") == 1 and ts[-1] == "response.done", ts
+        assert len(engine.stored) == 1 and conv.state is TurnState.IDLE
+
+    run(t)

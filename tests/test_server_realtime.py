@@ -81,3 +81,27 @@ def test_action_result_and_item_edits_reach_the_stored_turns(mm_server: Any) -> 
     turns = mm_server.server.engine.agent.store.load_turns(sid)
     assert [t.route for t in turns] == ["local", "tool_result"] or turns[1].route == "tool_result"
     assert turns[0].status == "deleted" and turns[0].reply == "" and turns[0].barge_in
+
+
+def test_recording_uploaded_faster_than_real_time(mm_server: Any) -> None:
+    """A recorded question sent at once — one append of the whole file, or 40 ms chunks with no
+    pause — is accepted (the audio burst) and answered, with no rate error."""
+    x, sr = synth_speech("Hello. Where can I return a pair of shoes?", sample_rate=24000)
+    pcm = np.concatenate([np.zeros(sr // 2, np.float32), x, np.zeros(sr * 3 // 2, np.float32)])
+
+    async def main(chunked: bool) -> None:
+        async with RealtimeClient(mm_server.ws_url) as c:
+            if chunked:
+                for start in range(0, len(pcm), sr // 25):
+                    await c.append_audio(pcm[start:start + sr // 25])
+            else:
+                await c.append_audio(pcm, binary=False)
+            evs = await collect_until(c, "response.done")
+            ts = types_of(evs)
+            assert "error" not in ts, [e for e in evs if e["type"] == "error"]
+            assert ts.count("input_audio_buffer.speech_started") == 1
+            tr = next(e for e in evs if e["type"] == "conversation.item.input_audio_transcription.completed")
+            assert "return" in tr["transcript"].lower() and evs[-1]["response"]["status"] == "completed"
+
+    run(main(False))
+    run(main(True))

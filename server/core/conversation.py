@@ -874,10 +874,11 @@ class Conversation:
                 heard = "".join(r.text)[: r.heard_chars]
                 await self.engine.revise_turn(self.agent_session, r.turn["turn_id"], reply=heard)
         finally:
-            if r.done and r.control.keeps:
-                self._remember(turn, r)
-            if self.active is turn:
-                self._response_finished(turn)
+            if turn.response is r:   # (a dropped preemptive response of this turn is not its response)
+                if r.done and r.control.keeps:
+                    self._remember(turn, r)
+                if self.active is turn:
+                    self._response_finished(turn)
 
     def _remember(self, turn: Turn, r: Response) -> None:
         tid = r.turn["turn_id"] if r.turn else None
