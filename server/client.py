@@ -275,6 +275,8 @@ class RealtimeClient:
         return await self.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(data).decode()})
 
     async def commit_audio(self) -> str:
+        """Close the buffered audio as one item (it is transcribed). As in Realtime GA this starts
+        no response: call :meth:`create_response` for one."""
         return await self.send({"type": "input_audio_buffer.commit"})
 
     async def clear_audio(self) -> str:
