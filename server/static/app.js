@@ -49,6 +49,7 @@ const ui = {                     // everything else the page keeps (connection, 
   sessionFrames: 0,              // camera frames the server has reported in this session
   offline: false,                // kiosk: the connection has been down for a moment
   micFailed: false,
+  talkHintUntil: 0,              // kiosk: "Go ahead — I'm listening" after a tap on Talk
 };
 
 const conn = new Connection({ onEvent: handleEvent, onState: renderConnState });
@@ -76,7 +77,7 @@ function render() {
       phase: T.phase(turns),
       offline: ui.offline,
       canStop: turns.active !== null || speaker.pending > 0,
-      idleText: ui.micFailed ? "Touch “Type” to ask me" : null,
+      idleText: ui.micFailed ? "Touch “Type” to ask me" : Date.now() < ui.talkHintUntil ? "Go ahead — I'm listening" : null,
     });
     renderStaffStatus();
   } else {
@@ -528,6 +529,9 @@ function setupKiosk() {
       setStaff($("staff").hidden);
     } else if (kiosk.attractShown && !e.ctrlKey && !e.altKey) {
       presence.touch();
+    } else if (e.key.length === 1 && !e.ctrlKey && !e.altKey && !e.metaKey && $("k-typer").hidden
+               && $("staff").hidden) {
+      kiosk.openTyper(); // a keyboard plugged into the kiosk types straight into the question
     }
   });
   $("staff-close").addEventListener("click", () => setStaff(false));
@@ -545,6 +549,10 @@ function kioskTalk() {
   if (turns.active !== null || speaker.pending > 0) stopReply();
   if (!mic.running) startMic();
   if (idle) idle.poke();
+  // The kiosk listens all the time someone is there; a tap on Talk gets a word of encouragement.
+  ui.talkHintUntil = Date.now() + 4000;
+  render();
+  setTimeout(render, 4100);
 }
 
 /** Someone stepped up (a face, a touch): the attract screen goes, the pack's greeting comes. */
