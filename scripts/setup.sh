@@ -49,6 +49,7 @@ progress() {
         [ -t 1 ] && printf '\n'
         echo "setup: unpacking $n packages into .venv (the longest step: about a minute or two)…" ;;
       *"is ignored: it is neither a file nor a directory"*|Successfully\ installed*|"") ;;
+      "Looking in indexes:"*|"Looking in links:"*|"Requirement already satisfied:"*) ;;
       "  Using cached"*|"  Downloading"*|"  Obtaining"*|"  Preparing"*|"  Building"*|"  Created wheel"*|\
       "  Stored in"*|"  Attempting"*|"  Found existing"*|"  Uninstalling"*|"  Successfully"*|"  Installing"*|\
       "  Checking"*|"  Getting"*|"  File was already"*) ;;
@@ -66,6 +67,10 @@ echo "setup: building .venv: $n_pkgs packages at the exact versions of requireme
 # torch==2.13.0 in the lock resolves to the CPU build where the machine has it on disk
 # (this project's machines do), else to PyPI's default build. See README "Why these torch builds".
 .venv/bin/python -m pip install --no-deps --progress-bar off -r requirements.lock 2>&1 | progress "$n_pkgs"
-.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | progress 1
+# The project itself (editable): setuptools' build warnings go to a log, shown only if it fails.
+if ! .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . > .venv/install-project.log 2>&1; then
+  cat .venv/install-project.log >&2
+  exit 1
+fi
 echo "$stamp_key" > "$stamp"
 echo "setup: done in $((SECONDS - t_setup)) s; the first \`mmagent serve\` then loads the models (about a minute, once)"
