@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    raw = sys.argv[1:] if argv is None else argv
+    if not {"-v", "--verbose"} & set(raw):
+        from server.console import quiet_libraries
+
+        quiet_libraries()   # before the subcommands' modules import the libraries
     parser = build_parser()
     args = parser.parse_args(argv)
     from server.console import setup_logging

@@ -69,10 +69,16 @@ def setup_logging(verbose: bool = False, stream: TextIO | None = None) -> None:
         logging.getLogger("py.warnings").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TQDM_DISABLE", "1")   # e.g. the GGUF conversion's bar: loading() says it instead
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Progress bars and advice of the model libraries off. Their settings are read when they are
+    imported (tqdm's at import), so the command line calls this before it imports anything."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")   # e.g. the GGUF conversion's bar: loading() says it instead
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 # ---- progress while models load -------------------------------------------------------------

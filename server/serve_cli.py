@@ -65,7 +65,27 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("mmagent serve")
     for line in config_summary(config):
         log.info("  %s", line)
+    _check_port(config.host, config.port)   # before a minute of model loading, not after
     return asyncio.run(_run(config, t0))
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail at once, in plain words, when the address is taken or cannot be used."""
+    import socket
+
+    from perception.errors import ConfigError
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, addr = infos[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as exc:
+        why = "it is already in use (another mmagent serve?)" if exc.errno == 98 else (exc.strerror or str(exc))
+        raise ConfigError(f"cannot listen on {host}:{port}: {why}; choose another --port") from None
 
 
 async def _run(config: Any, t0: float) -> int:

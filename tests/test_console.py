@@ -104,3 +104,21 @@ def test_a_real_turn_logs_one_line(mm_server: Any, caplog: pytest.LogCaptureFixt
     assert lines[0].startswith(f"turn {sid}  text  ")
     assert done["response"]["status"] == "completed"
     assert "first " in lines[0] and "total " in lines[0]
+
+
+def test_serve_on_a_taken_port_fails_at_once_in_plain_words() -> None:
+    """Another process holds the port: a one-line error before any model loads, not a traceback."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        t0 = time.monotonic()
+        run = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: it is already in use" in run.stderr
+    assert "Traceback" not in run.stderr and "loading" not in run.stderr
+    assert time.monotonic() - t0 < 30
