@@ -21,6 +21,7 @@ import numpy as np
 
 from perception.errors import MMAgentError
 from server import protocol as P
+from server.console import log_turn
 from server.errors import ProtocolError
 from server.limits import ErrorBudget, TokenBucket
 from server.vad import SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped, StreamingVad
@@ -130,6 +131,7 @@ class Response:
     metadata: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)
     in_agent: bool = False        # agent.respond has begun (the agent has a turn in progress)
+    modalities: tuple[str, ...] = ()   # what the turn carried, for the console's turn line
 
 
 @dataclass
@@ -706,6 +708,8 @@ class Session:
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         text = _turn_text(pending.texts, speech)
+        r.modalities = tuple(m for m, on in (("text", bool(pending.texts)), ("speech", speech is not None),
+                                             ("vision", bool(pending.images or frames))) if on)
         try:
             t0 = time.perf_counter()
             text_task = asyncio.ensure_future(engine.encode_text(text)) if text else None
@@ -812,6 +816,7 @@ class Session:
                         if done_ev is not None else None)
         body["timings_ms"] = timings
         self.server.metrics.turns.inc(status=status)
+        log_turn(self.id, body, r.modalities)
         await self.send(P.event("response.done", response=body))
 
     # ---- tasks ----------------------------------------------------------------------------------
