@@ -138,7 +138,20 @@ class Server:
                                         "protocol_version": P.PROTOCOL_VERSION})
         if path == "/metrics":
             return _response(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+        if path == "/pack/kiosk.json":
+            return self._kiosk_data()
         return self._static(path)
+
+    def _kiosk_data(self) -> Response:
+        """The kiosk screens' data from the pack (server/kiosk_data.py): map, hours, screen actions."""
+        from agent.pack import load_pack
+        from server.kiosk_data import kiosk_json
+
+        try:
+            pack = getattr(getattr(self.engine, "agent", None), "pack", None) or load_pack(self.config.pack)
+        except MMAgentError as exc:
+            return _json_response(503, {"error": {"code": exc.code, "message": str(exc)}})
+        return _json_response(200, kiosk_json(pack))
 
     def _static(self, path: str) -> Response:
         rel = "index.html" if path in ("/", "/v1/realtime") else path.lstrip("/")

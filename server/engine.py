@@ -26,6 +26,7 @@ import numpy as np
 from perception.errors import MMAgentError
 from server.batcher import MicroBatcher
 from server.config import ServerConfig
+from server.console import loading
 from server.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -180,20 +181,24 @@ class LocalEngine:
         from perception import Perception
 
         t0 = time.perf_counter()
-        perception = Perception(self.config.perception_config())
-        perception.warmup()
+        with loading("perception: text, speech and vision encoders") as step:
+            perception = Perception(self.config.perception_config())
+            step.detail(", ".join(f"{k} {v:.1f} s" for k, v in perception.warmup().items()) + ", in parallel")
         fusion: Any = None
         try:
-            fusion = FusionPredictor.load(self.config.pipeline.fusion_checkpoint)
-            fusion.check_encoders(perception.identities(), perception.feature_dims())
+            with loading("fusion core"):
+                fusion = FusionPredictor.load(self.config.pipeline.fusion_checkpoint)
+                fusion.check_encoders(perception.identities(), perception.feature_dims())
         except MMAgentError as exc:
             if self.config.pipeline.require_fusion:
                 raise
             # Without a checkpoint the agent still answers; turn.fused then carries no prediction.
             log.warning("fusion disabled: %s [%s]", exc, exc.code)
             fusion = None
-        agent = Agent.from_config(self._agent_config(), perception=perception, fusion=fusion)
-        agent.warmup()
+        with loading("agent: knowledge pack, retrieval index, language model",
+                     hint="the first start converts the language model once, about 20 s"):
+            agent = Agent.from_config(self._agent_config(), perception=perception, fusion=fusion)
+            agent.warmup()
         log.info("models loaded in %.1f s", time.perf_counter() - t0)
         return perception, fusion, agent
 

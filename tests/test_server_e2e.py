@@ -680,26 +680,32 @@ def test_disconnect_cancels_the_turn(mm_server: Any) -> None:
 
 
 def test_serve_cli_prints_url_and_masks_secrets(tmp_path: Any) -> None:
-    """`mmagent serve` prints its config with the token masked and the URL to open; remote binds need a token."""
+    """`mmagent serve` summarises its config without the token and prints the URL to open; remote
+    binds need a token."""
     import subprocess
     import sys
+    import threading
 
     from tests.conftest import REPO_ROOT
 
     cmd = [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--lazy", "--token", "s3cret-token"]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
+    watchdog = threading.Timer(120, proc.kill)   # a server that never says it is ready fails, not hangs
+    watchdog.start()
     lines: list[str] = []
     try:
         for line in proc.stdout:
             lines.append(line)
-            if "mmagent is ready" in line:
+            if "— open http" in line:
                 break
         out = "".join(lines)
-        assert "s3cret-token" not in out and '"***"' in out
-        url = out.split("open ", 1)[1].split("?", 1)[0].strip()
+        assert "— open http" in out, out
+        assert "s3cret-token" not in out and "access: 1 token" in out
+        url = out.split("— open ", 1)[1].split("?", 1)[0].split(" ", 1)[0].strip()
         assert json.loads(urllib.request.urlopen(url + "healthz", timeout=10).read())["models_loaded"] is False
     finally:
+        watchdog.cancel()
         proc.terminate()
         proc.wait(30)
     refused = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--host", "0.0.0.0", "--lazy"],

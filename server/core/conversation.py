@@ -47,6 +47,7 @@ from agent import ToolResult, TurnControl
 from perception.errors import MMAgentError
 from server import protocol as P
 from server.config import ServerConfig
+from server.console import log_turn
 from server.core import events as E
 from server.core.audio_input import AudioInput, TurnDetector, decode_audio
 from server.core.gate import GateState, SpeculationGate
@@ -913,6 +914,9 @@ class Conversation:
     def _response_finished(self, turn: Turn) -> None:
         if turn.timeout is not None:
             turn.timeout.cancel()
+        r = turn.response
+        if r is not None and r.done_json is not None and not self._closed:
+            log_turn(self.id, r.done_json, r.inputs)   # the operator's console line
         if turn.state is not S.DONE:
             turn.to(S.DONE)
         if self.active is turn:

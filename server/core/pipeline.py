@@ -166,6 +166,8 @@ async def _run(ctx: PipelineContext, r: Response, inp: TurnInput, max_tokens: in
         fail(ctx, r, "empty_turn", "the turn has no usable text, audio or frame")
         return
     timings = {"text": t_text, "frames": t_frames}
+    r.inputs = tuple(m for m, on in (("text", bool(inp.texts)), ("speech", bool(speech)),
+                                     ("vision", bool(inp.images or frames))) if on)
     r.emit(perception_event("turn", frames, item_id=r.user_item_id, response_id=r.id, speech=head,
                             text=text_enc, timings=timings))
     if r.cancel.is_set():

@@ -81,6 +81,8 @@ class Response:
     user_item_id: str | None = None
     gate: SpeculationGate | None = None     # a preemptive response: its events wait here
     in_agent: bool = False                  # the agent's turn has begun
+    inputs: tuple[str, ...] = ()            # what the turn carried (text, speech, vision): the console
+    done_json: dict[str, Any] | None = None   # the response.done body, once sent
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -237,7 +239,8 @@ class Response:
                 part.text, part.transcript = (None, cut) if self.audio else (cut, None)
             self._close_item(item, index)
         self.stage = ResponseStage.DONE
-        self.emit(E.ResponseDone({**self.json(), "turn": self.turn, "timings_ms": self.timings}))
+        self.done_json = {**self.json(), "turn": self.turn, "timings_ms": self.timings}
+        self.emit(E.ResponseDone(self.done_json))
 
 
 def usage_json(*, input_tokens: int, cached_tokens: int, output_tokens: int, audio_input_tokens: int = 0,
