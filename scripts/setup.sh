@@ -28,6 +28,23 @@ fi
 
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
+# The official OpenAI SDK for the Realtime conformance test (tests/conformance/), in its own
+# environment: its realtime extra pins websockets < 16 (the project uses 17). Own lock, own stamp.
+sdk_lock=tests/conformance/requirements.lock
+sdk_key=$(sha256sum "$sdk_lock" | cut -d' ' -f1)
+sdk_stamp=.venv-openai/.mmagent-stamp
+if [ -x .venv-openai/bin/python ] && [ -f "$sdk_stamp" ] && [ "$(cat "$sdk_stamp")" = "$sdk_key" ]; then
+  echo "setup: .venv-openai is up to date (stamp $sdk_key)"
+else
+  echo "setup: building .venv-openai (openai[realtime] for tests/conformance)"
+  [ -x .venv-openai/bin/python ] || "$PY" -m venv .venv-openai
+  if ! .venv-openai/bin/python -m pip install -q --no-deps -r "$sdk_lock" > .venv-openai/install.log 2>&1; then
+    cat .venv-openai/install.log >&2
+    exit 1
+  fi
+  echo "$sdk_key" > "$sdk_stamp"
+fi
+
 stamp_key=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
 stamp=.venv/.mmagent-stamp
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_key" ]; then

@@ -340,7 +340,7 @@ BAD_EVENTS: list[tuple[Any, str]] = [
     ({"type": "input_image_buffer.append", "image": "%%%"}, "invalid_image"),
     ({"type": "input_image_buffer.append", "image": base64.b64encode(b"hello").decode()}, "invalid_image"),
     (b"\x00", "invalid_binary_frame"),
-    ({"type": "session.update", "session": {"audio": {"input": {"format": {"rate": 8000}}}}},
+    ({"type": "session.update", "session": {"audio": {"input": {"format": {"rate": 11025}}}}},
      "unsupported_audio_format"),
     ({"type": "session.update", "session": "x"}, "invalid_value"),
     ({"type": "input_audio_buffer.commit"}, "input_audio_buffer_commit_empty"),
@@ -403,21 +403,22 @@ def test_each_bad_input_gets_its_code_and_the_session_survives(mm_server: Any) -
 
 def test_handler_failure_closes_only_that_session(mm_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in one session's handler closes it with 1011 (no traceback sent); others keep working."""
-    from server.session import Session
+    from server.core.conversation import Conversation
+    from server.core.events import SessionUpdate
 
-    original = Session.on_session_update
+    original = Conversation.on_session_update
 
-    async def buggy(self: Session, ev: dict[str, Any], eid: str | None) -> None:
-        if ev.get("crash"):
+    def buggy(self: Conversation, ev: SessionUpdate) -> None:
+        if ev.session.get("crash"):
             raise RuntimeError("simulated handler bug")
-        await original(self, ev, eid)
+        original(self, ev)
 
-    monkeypatch.setattr(Session, "on_session_update", buggy)
+    monkeypatch.setattr(Conversation, "on_session_update", buggy)
 
     async def main() -> None:
         async with connect(mm_server.ws_url) as bad, RealtimeClient(mm_server.ws_url) as good:
             await bad.recv()
-            await bad.send(json.dumps({"type": "session.update", "session": {}, "crash": True}))
+            await bad.send(json.dumps({"type": "session.update", "session": {"crash": True}}))
             with pytest.raises(ConnectionClosed):
                 while True:
                     msg = await bad.recv()

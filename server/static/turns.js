@@ -254,9 +254,16 @@ function step(s, ev, out) {
       return { ...s, hearing: false };
     }
     case "input_audio_buffer.committed": {
+      const fromPtt = s.pttN !== null && !s.pttHeld;   // the commit of a push-to-talk press
       let t;
       [s, t] = speechTurn(s, ev.item_id);
       if (!t.user || t.user.status === "listening") s = put(s, t, { user: { text: "", status: "transcribing" } });
+      // Push-to-talk: as in Realtime GA, a commit starts no response by itself; ask for one
+      // (after the active reply, if one is still ending).
+      if (fromPtt) {
+        if (s.active !== null) return { ...s, queuedCreate: true };
+        out.push({ type: "response.create" });
+      }
       return s;
     }
     case "conversation.item.input_audio_transcription.completed": {

@@ -124,7 +124,7 @@ test("push to talk: the held turn gets the server's item id; an empty press disa
     { type: "input_audio_buffer.committed", item_id: "item_p" },
     { type: "conversation.item.input_audio_transcription.completed", item_id: "item_p", transcript: "hello" },
   ]);
-  assert.deepEqual(sent.map((e) => e.type), ["input_audio_buffer.commit"]);
+  assert.deepEqual(sent.map((e) => e.type), ["input_audio_buffer.commit", "response.create"]);
   assert.equal(state.turns.length, 1);
   assert.equal(state.turns[0].itemId, "item_p");
   assert.equal(state.turns[0].user.text, "hello");
