@@ -19,6 +19,7 @@ from .config import (
     RetrievalConfig,
     StoreConfig,
 )
+from .control import ToolResult, TurnControl
 from .errors import ActionError, PackError, ResponderError, SessionError
 from .events import (
     ActionEvent,
@@ -40,6 +41,6 @@ __all__ = [
     "AgentEvent", "KnowledgePack", "LocalLLMConfig", "OpenAIConfig", "PackError", "PerceivedTurn",
     "PerceptionSummaryEvent", "PolicyConfig", "Prompt", "PromptConfig", "ResponderConfig", "ResponderError",
     "RetrievalConfig", "Session", "SessionError", "SessionStore", "StoreConfig", "TextDeltaEvent",
-    "TurnDoneEvent", "TurnFusedEvent", "TurnInput", "TurnRecord", "build_prompt", "load_pack",
+    "ToolResult", "TurnControl", "TurnDoneEvent", "TurnFusedEvent", "TurnInput", "TurnRecord", "build_prompt", "load_pack",
     "perception_summary", "turn_text",
 ]

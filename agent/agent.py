@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from perception.errors import MMAgentError
 from perception.types import FrameEncoding, SpeechEncoding, TextEncoding
 
 from .config import AgentConfig
+from .control import TurnControl, TurnFate, tool_result_decision, with_instructions
 from .errors import ActionError
 from .events import (
     ActionEvent,
@@ -251,16 +252,18 @@ class Agent:
     async def respond(self, session: Session, perceived: PerceivedTurn,
                       cancel: asyncio.Event | threading.Event | None = None, *,
                       max_tokens: int | None = None,
-                      discard: Callable[[], bool] | None = None) -> AsyncIterator[AgentEvent]:
+                      control: TurnControl | None = None) -> AsyncIterator[AgentEvent]:
         """Stream the events of one turn (see :mod:`agent.events`); always ends with TurnDoneEvent.
 
         Setting ``cancel`` stops the reply (a local model within one decoding step); the turn is
         stored as ``cancelled`` with its partial text. Closing the iterator early does the same.
         ``max_tokens`` caps this reply's generated tokens below the responder's own limit.
-        ``discard``: checked when the turn ends (set ``cancel`` too, to stop it early); when it
-        returns True the turn is forgotten instead of stored — a speculative turn started before
-        the person had finished speaking (the server's preemptive responses).
+        ``control`` (:class:`agent.control.TurnControl`): the caller decides whether the turn is
+        stored — it is stored only once committed and forgotten (no trace) when abandoned; when
+        the turn ends the agent waits for that decision. Without one the turn is committed from
+        the start. It also carries the client's extra instructions and device results.
         """
+        control = control if control is not None else TurnControl(committed=True)
         token = CancelToken()
         watcher: asyncio.Task[Any] | None = None
         if isinstance(cancel, asyncio.Event):
@@ -276,9 +279,6 @@ class Agent:
             if isinstance(cancel, threading.Event) and cancel.is_set():
                 token.set()
             return token.is_set()
-
-        def discarded() -> bool:
-            return discard is not None and discard()
 
         t_start = time.perf_counter()
         faces_before = session.last_face_count
@@ -320,7 +320,7 @@ class Agent:
 
             face_count = summary["face_count"] if perceived.frames else None
             prev_faces = session.observe_faces(face_count) if face_count is not None else session.last_face_count
-            decision = self.policy.decide(
+            decision = tool_result_decision(perceived, control) or self.policy.decide(
                 text=record.text, typed_text=perceived.typed_text, speech=perceived.speech, fused=fused,
                 negative_streak=session.negative_streak(self.config.policy.negative_min_confidence),
                 face_count=face_count, previous_face_count=prev_faces)
@@ -332,7 +332,8 @@ class Agent:
 
             if decision.route == "respond" and not cancelled():
                 async for ev in self._respond_with_model(session, perceived, fused, record, timings, token,
-                                                         text_parts, t_fused, actions_done, max_tokens):
+                                                         text_parts, t_fused, actions_done, max_tokens,
+                                                         control.instructions):
                     yield ev
                     if cancelled():
                         break
@@ -354,9 +355,11 @@ class Agent:
         except (GeneratorExit, asyncio.CancelledError):
             token.set()
             status = "cancelled"
-            if discarded():
+            if not control.keeps:   # never shown (or not to be stored): no trace
                 session.abandon_turn(record, faces_before)
                 raise
+            if control.error:
+                status, error = "failed", control.error
             t_save = time.perf_counter()
             rec = finish(t_save)
             self._save_sync(session, rec)
@@ -369,11 +372,14 @@ class Agent:
         finally:
             if watcher is not None:
                 watcher.cancel()
-        if discarded():
+        if not await control.decided():   # never shown (or outside the conversation): forget it
             session.abandon_turn(record, faces_before)
-            yield TurnDoneEvent(status="cancelled", text="".join(text_parts), timings=dict(timings),
-                                turn_id=record.turn_id, route=record.route)
+            yield TurnDoneEvent(status=status if control.fate is TurnFate.COMMITTED else "cancelled",  # type: ignore[arg-type]
+                                text="".join(text_parts), timings=dict(timings), turn_id=record.turn_id,
+                                route=record.route)
             return
+        if control.error:   # e.g. the caller's turn timeout
+            status, error = "failed", control.error
         if not saved:
             t_save = time.perf_counter()
             rec = finish(t_save)
@@ -432,7 +438,8 @@ class Agent:
                                   record: TurnRecord, timings: dict[str, float], token: CancelToken,
                                   text_parts: list[str], t_fused: float,
                                   actions_done: list[dict[str, Any]],
-                                  max_tokens: int | None = None) -> AsyncIterator[AgentEvent]:
+                                  max_tokens: int | None = None,
+                                  instructions: str | None = None) -> AsyncIterator[AgentEvent]:
         t0 = time.perf_counter()
         hits = self.retriever.relevant(self.retrieve(perceived, fused))
         timings["retrieval"] = _ms(time.perf_counter() - t0)
@@ -469,6 +476,8 @@ class Agent:
 
         t0 = time.perf_counter()
         prompt = await asyncio.to_thread(self.prompt_for, session, question, hits, record.perception, fused)
+        if instructions:
+            prompt = with_instructions(prompt, instructions, self.responder.count_tokens)
         timings["prompt"] = _ms(time.perf_counter() - t0)
         timings["prompt_tokens"] = float(prompt.n_tokens)
         record.route = self.responder.name

@@ -7,6 +7,7 @@ A pack is four files (each ``.yaml``, ``.yml`` or ``.json``; format in docs/agen
     knowledge.yaml   entries: facts, FAQ answers, products (what retrieval searches)
     intents.yaml     intent names with descriptions and example phrasings
     actions.yaml     device actions with the JSON Schema of their arguments
+    map.yaml         optional: the store map the kiosk draws (agent/store_map.py)
 
 Every problem raises :class:`~agent.errors.PackError` naming the file and the field
 (``knowledge.yaml: entries[3].text: 'text' is a required property``).
@@ -29,6 +30,7 @@ import yaml
 
 from .config import DEFAULT_PACK_DIR
 from .errors import ActionError, PackError
+from .store_map import StoreMap, load_store_map
 
 PACK_FILES = ("pack", "knowledge", "intents", "actions")
 _EXTS = (".yaml", ".yml", ".json")
@@ -153,6 +155,7 @@ class KnowledgePack:
     blocked_patterns: tuple[re.Pattern[str], ...] = ()
     language: str = "en"
     examples: tuple[Example, ...] = ()
+    store_map: StoreMap | None = None
     _validators: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def entry(self, entry_id: str) -> Entry:
@@ -301,4 +304,5 @@ def load_pack(directory: str | Path | None = None) -> KnowledgePack:
             id=e["id"], kind=e["kind"], text=e["text"].strip(), title=e.get("title", ""),
             question=e.get("question", ""), name=e.get("name", ""), intents=tuple(e.get("intents", ())),
             keywords=tuple(e.get("keywords", ())), aisle=e.get("aisle"), price=e.get("price"), action=action))
+    pack.store_map = load_store_map(pack)
     return pack

@@ -44,26 +44,34 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", parents=[common], help="train a fusion model on a JSONL manifest")
     p.add_argument("--manifest", type=Path, required=True, help="training manifest (JSONL)")
     p.add_argument("--val", type=Path, default=None, help="validation manifest (early stopping)")
-    p.add_argument("--out", type=Path, default=Path("artifacts/fusion/model.pt"))
+    p.add_argument("--out", type=Path, default=Path("artifacts/fusion/model.pt"),
+                   help="where to write the checkpoint (default artifacts/fusion/model.pt; the shipped "
+                   f"{DEFAULT_CHECKPOINT.name} is only replaced with --replace-default)")
+    p.add_argument("--replace-default", action="store_true",
+                   help=f"allow --out to overwrite the shipped demo checkpoint ({DEFAULT_CHECKPOINT.name})")
     _model_args(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of initialisation and batching (default 0)")
     p.set_defaults(func=cmd_train)
 
     e = subparsers.add_parser("eval", parents=[common], help="score a manifest against a checkpoint, or run the benchmark")
     e.add_argument("--manifest", type=Path, required=True, help="manifest to score (the test split in benchmark mode)")
     e.add_argument("--checkpoint", type=Path, default=None, help=f"checkpoint (default {DEFAULT_CHECKPOINT.name})")
     e.add_argument("--benchmark", action="store_true", help="train every variant on --train and compare")
-    e.add_argument("--train", type=Path, default=None)
-    e.add_argument("--val", type=Path, default=None)
-    e.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    e.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    e.add_argument("--out-dir", type=Path, default=Path("artifacts/fusion_eval"))
+    e.add_argument("--train", type=Path, default=None, help="benchmark: training manifest (JSONL)")
+    e.add_argument("--val", type=Path, default=None, help="benchmark: validation manifest (early stopping)")
+    e.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="benchmark: fusion variants to train and compare (default: all)")
+    e.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="benchmark: training seeds per variant (default 0 1 2)")
+    e.add_argument("--out-dir", type=Path, default=Path("artifacts/fusion_eval"),
+                   help="where the scores are written as JSON and Markdown (default artifacts/fusion_eval)")
     e.add_argument("--jobs", type=int, default=1, help="benchmark: train this many models in parallel processes")
     _model_args(e)
     e.set_defaults(func=cmd_eval)
 
     f = subparsers.add_parser("features", parents=[common], help="encode manifests into the feature cache")
-    f.add_argument("--manifest", type=Path, action="append", required=True)
+    f.add_argument("--manifest", type=Path, action="append", required=True,
+                   help="manifest whose turns to encode (repeatable)")
     f.set_defaults(func=cmd_features)
 
 
@@ -71,22 +79,26 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     d = FusionConfig()
     t = TrainConfig()
     g = p.add_argument_group("model and training")
-    g.add_argument("--variant", default=d.variant, choices=list(VARIANTS))
-    g.add_argument("--d-model", type=int, default=d.d_model)
-    g.add_argument("--layers", type=int, default=d.n_layers)
-    g.add_argument("--heads", type=int, default=d.n_heads)
-    g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument("--modality-dropout", type=float, default=d.modality_dropout)
-    g.add_argument("--epochs", type=int, default=t.epochs)
-    g.add_argument("--batch-size", type=int, default=t.batch_size)
-    g.add_argument("--lr", type=float, default=t.lr)
-    g.add_argument("--patience", type=int, default=t.patience)
+    g.add_argument("--variant", default=d.variant, choices=list(VARIANTS),
+                   help=f"fusion variant (default {d.variant})")
+    g.add_argument("--d-model", type=int, default=d.d_model, help=f"width of the fusion core (default {d.d_model})")
+    g.add_argument("--layers", type=int, default=d.n_layers, help=f"attention layers (default {d.n_layers})")
+    g.add_argument("--heads", type=int, default=d.n_heads, help=f"attention heads (default {d.n_heads})")
+    g.add_argument("--dropout", type=float, default=d.dropout, help=f"dropout (default {d.dropout:g})")
+    g.add_argument("--modality-dropout", type=float, default=d.modality_dropout,
+                   help=f"chance of dropping each modality of a training turn (default {d.modality_dropout:g})")
+    g.add_argument("--epochs", type=int, default=t.epochs, help=f"most training epochs (default {t.epochs})")
+    g.add_argument("--batch-size", type=int, default=t.batch_size, help=f"turns per batch (default {t.batch_size})")
+    g.add_argument("--lr", type=float, default=t.lr, help=f"learning rate (default {t.lr:g})")
+    g.add_argument("--patience", type=int, default=t.patience,
+                   help=f"stop after this many epochs without a better validation score (default {t.patience})")
     g.add_argument("--align-weight", type=float, default=t.loss.align, help="InfoNCE loss weight")
     g.add_argument("--two-views", action=argparse.BooleanOptionalAction, default=t.two_views,
                    help="train each batch on the full turn and a modality-dropped copy")
     g.add_argument("--consistency", type=float, default=t.loss.consistency,
                    help="self-distillation weight: KL(full view || masked view); implies --two-views")
-    g.add_argument("--label-smoothing", type=float, default=t.loss.label_smoothing)
+    g.add_argument("--label-smoothing", type=float, default=t.loss.label_smoothing,
+                   help=f"label smoothing of the classification losses (default {t.loss.label_smoothing:g})")
     g.add_argument("--late-logits", action=argparse.BooleanOptionalAction, default=d.late_logits,
                    help="attention: add each modality token's own logits, weighted by the reported weights")
     g.add_argument("--unimodal-weight", type=float, default=t.loss.unimodal,
@@ -137,6 +149,12 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from perception.errors import ConfigError
+
+    if args.out.resolve() == DEFAULT_CHECKPOINT.resolve() and not args.replace_default:
+        raise ConfigError(f"refusing to overwrite the shipped checkpoint {DEFAULT_CHECKPOINT.name}: write to "
+                          "another --out (use it with --checkpoint or pipeline.fusion_checkpoint), or add "
+                          "--replace-default to replace it on purpose")
     p = _perception()
     train = _table(args.manifest, p, args)
     val = _table(args.val, p, args) if args.val else None

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,9 +26,10 @@ from websockets.http11 import Request, Response
 from perception.errors import MMAgentError
 from server import protocol as P
 from server.config import ServerConfig
-from server.engine import Engine
+from server.connection import Connection
+from server.core.pipeline import error as error_event
+from server.engine import LocalEngine, ModelEngine
 from server.metrics import Metrics
-from server.session import Session
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -53,8 +55,11 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.engine = Engine(config, self.metrics)
-        self.sessions: dict[str, Session] = {}
+        self.engine: ModelEngine = LocalEngine(config, self.metrics)
+        # Turn detection (the VAD on each audio chunk) gets its own thread so it never waits
+        # behind a model call.
+        self.light_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
+        self.sessions: dict[str, Connection] = {}
         self._per_token: dict[str, int] = {}
         self._recent: OrderedDict[str, float] = OrderedDict()   # closed session ids (for resume checks)
         self.static_dir = Path(config.static_dir) if config.static_dir else STATIC_DIR
@@ -64,8 +69,7 @@ class Server:
 
     @property
     def pack_name(self) -> str | None:
-        agent = self.engine.agent
-        return getattr(getattr(agent, "pack", None), "name", None) or self._pack_name
+        return self.engine.pack_name or self._pack_name
 
     @property
     def url(self) -> str:
@@ -95,14 +99,18 @@ class Server:
             self._server.close()
             await self._server.wait_closed()
         await self.engine.close()
+        self.light_executor.shutdown(wait=False, cancel_futures=True)
 
     # ---- handshake ----------------------------------------------------------------------------
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Any) -> Any:
+        """RFC 6455: select one of the offered subprotocols, or none when none is ours (a
+        browser fails the handshake when it offered some and none is selected). ``mmagent.vN``
+        first, then ``realtime`` (OpenAI Realtime clients); a token subprotocol is never echoed."""
         for proto in offered:
             if proto.startswith(P.SUBPROTOCOL_PREFIX):
                 return proto
-        return None
+        return P.REALTIME_SUBPROTOCOL if P.REALTIME_SUBPROTOCOL in offered else None
 
     def _origin_ok(self, request: Request) -> bool:
         origin = request.headers.get("Origin")
@@ -130,7 +138,20 @@ class Server:
                                         "protocol_version": P.PROTOCOL_VERSION})
         if path == "/metrics":
             return _response(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+        if path == "/pack/kiosk.json":
+            return self._kiosk_data()
         return self._static(path)
+
+    def _kiosk_data(self) -> Response:
+        """The kiosk screens' data from the pack (server/kiosk_data.py): map, hours, screen actions."""
+        from agent.pack import load_pack
+        from server.kiosk_data import kiosk_json
+
+        try:
+            pack = getattr(getattr(self.engine, "agent", None), "pack", None) or load_pack(self.config.pack)
+        except MMAgentError as exc:
+            return _json_response(503, {"error": {"code": exc.code, "message": str(exc)}})
+        return _json_response(200, kiosk_json(pack))
 
     def _static(self, path: str) -> Response:
         rel = "index.html" if path in ("/", "/v1/realtime") else path.lstrip("/")
@@ -162,8 +183,8 @@ class Server:
         version = int(asked) if asked.isdigit() and int(asked) in P.SUPPORTED_VERSIONS else None
         token = query.get("token", [None])[0]
         if token is None:
-            token = next((p[len(P.TOKEN_SUBPROTOCOL_PREFIX):] for p in protos
-                          if p.startswith(P.TOKEN_SUBPROTOCOL_PREFIX)), None)
+            token = next((p[len(prefix):] for p in protos for prefix in P.TOKEN_SUBPROTOCOL_PREFIXES
+                          if p.startswith(prefix)), None)
         if token is None:
             auth = ws.request.headers.get("Authorization", "")
             if auth.lower().startswith("bearer "):
@@ -201,7 +222,7 @@ class Server:
                                f"({lim.max_sessions_per_token}) open", P.CLOSE_TOO_MANY_SESSIONS)
             return
         self._per_token[token_key] = self._per_token.get(token_key, 0) + 1
-        session: Session | None = None
+        session: Connection | None = None
         try:
             session = await self._open(ws, token_key, resume_id)
             if session is None:
@@ -229,7 +250,7 @@ class Server:
                 self.metrics.sessions_open.set(len(self.sessions))
             log.debug("session closed (%s)", ws.close_code)
 
-    async def _open(self, ws: ServerConnection, token_key: str, resume_id: str | None) -> Session | None:
+    async def _open(self, ws: ServerConnection, token_key: str, resume_id: str | None) -> Connection | None:
         """Create (or resume) the session; None when the connection was refused."""
         from agent.errors import SessionError
 
@@ -248,16 +269,18 @@ class Server:
         if agent_session is None:
             agent_session = await self.engine.open_session(None)
         sid = _session_id(agent_session)
-        session = Session(self, ws, session_id=sid, token=token_key or None,
-                          resumed=resume_id is not None and not not_found, agent_session=agent_session)
+        assert ws.request is not None
+        flag = parse_qs(urlsplit(ws.request.path).query).get("extensions", ["on"])[0].lower()
+        session = Connection(self, ws, session_id=sid, token=token_key or None,
+                             resumed=resume_id is not None and not not_found, agent_session=agent_session,
+                             extensions=flag not in ("0", "off", "false", "no"))
         self.sessions[sid] = session
         self.metrics.sessions_total.inc()
         self.metrics.sessions_open.set(len(self.sessions))
         if not_found:
-            session.after_created.append(P.error_event(
+            session.notices.append(error_event(
                 "session_not_found", f"session {(resume_id or '')[:64]!r} is unknown or expired; "
                 f"a new session {sid} was created"))
-            self.metrics.errors.inc(code="session_not_found")
         return session
 
 

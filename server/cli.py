@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 
@@ -19,7 +18,8 @@ _PROVIDERS = ("perception.cli", "fusion.cli", "agent.cli", "server.serve_cli")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmagent", description="Multimodal agent service.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, including the libraries' own messages and warnings")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _PROVIDERS:
         try:
@@ -37,12 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    raw = sys.argv[1:] if argv is None else argv
+    if not {"-v", "--verbose"} & set(raw):
+        from server.console import quiet_libraries
+
+        quiet_libraries()   # before the subcommands' modules import the libraries
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from server.console import setup_logging
+
+    setup_logging(verbose=args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -275,6 +275,8 @@ class RealtimeClient:
         return await self.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(data).decode()})
 
     async def commit_audio(self) -> str:
+        """Close the buffered audio as one item (it is transcribed). As in Realtime GA this starts
+        no response: call :meth:`create_response` for one."""
         return await self.send({"type": "input_audio_buffer.commit"})
 
     async def clear_audio(self) -> str:
@@ -300,6 +302,16 @@ class RealtimeClient:
         if response_id:
             ev["response_id"] = response_id
         return await self.send(ev)
+
+    async def send_action_result(self, call_id: str, output: dict[str, Any] | str, *, respond: bool = True) -> str:
+        """Report an action's result (a ``function_call_output`` item); ``respond``: then ask the
+        agent to continue from it (``response.create``)."""
+        text = output if isinstance(output, str) else json.dumps(output)
+        eid = await self.send({"type": "conversation.item.create",
+                               "item": {"type": "function_call_output", "call_id": call_id, "output": text}})
+        if respond:
+            await self.send({"type": "response.create"})
+        return eid
 
 
 class SyncRealtimeClient:
@@ -385,6 +397,9 @@ class SyncRealtimeClient:
 
     def cancel(self, response_id: str | None = None) -> None:
         self._submit("cancel_response", response_id)
+
+    def send_action_result(self, call_id: str, output: dict[str, Any] | str, *, respond: bool = True) -> None:
+        self._submit("send_action_result", call_id, output, respond=respond)
 
     # Receiving.
     def poll(self) -> list[dict[str, Any]]:

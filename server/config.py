@@ -30,9 +30,10 @@ class LimitsConfig:
     hard_max_message_bytes: int = 8 * MiB   # larger ones close the socket (1009)
     max_frames_per_s: float = 5.0           # camera frames per second per session
     frame_burst: float = 5.0
-    max_audio_seconds_per_s: float = 1.5    # audio seconds per wall-clock second per session
-    audio_burst_s: float = 3.0
-    max_pending_audio_s: float = 30.0       # buffered audio of one user turn
+    max_audio_seconds_per_s: float = 1.5    # audio seconds per wall-clock second per session, sustained
+    audio_burst_s: float = 60.0             # audio accepted at once above that (a recording uploaded
+                                            # whole); refills at max_audio_seconds_per_s
+    max_pending_audio_s: float = 60.0       # buffered audio of one user turn
     max_frames_per_turn: int = 3            # latest frames kept per session
     frame_window_s: float = 10.0            # frames older than this are not part of a turn
     max_text_chars: int = 4000
@@ -61,6 +62,8 @@ class VadConfig:
                                       # fusion, the reply); its events are held back until the
                                       # turn ends, and it is dropped without a trace if speech
                                       # resumes. Needs speculative_ms > 0 and create_response.
+    max_hold_ms: int = 10000          # a preemptive response held longer than this is dropped (the
+                                      # turn is answered afresh when it ends)
 
 
 @dataclass
@@ -90,7 +93,7 @@ class PipelineConfig:
     # Frames a turn perceives: its newest ones (the fusion core was trained on one image per
     # turn; several are averaged). The others stay buffered for later turns until they expire.
     frames_per_turn: int = 1
-    respond_timeout_s: float = 60.0
+    respond_timeout_s: float = 60.0   # a response not done by then fails (response_timeout); 0 = none
 
 
 @dataclass
@@ -123,11 +126,15 @@ class ServerConfig:
             raise ConfigError("vad.threshold must be within (0, 1)")
         if not 100 <= self.vad.silence_duration_ms <= 5000:
             raise ConfigError("vad.silence_duration_ms must be within 100..5000")
+        if self.vad.max_hold_ms <= 0:
+            raise ConfigError("vad.max_hold_ms must be > 0")
+        if self.pipeline.respond_timeout_s < 0:
+            raise ConfigError("pipeline.respond_timeout_s must be >= 0 (0 = no timeout)")
         lim = self.limits
         if lim.hard_max_message_bytes < lim.max_message_bytes:
             raise ConfigError("limits.hard_max_message_bytes must be >= limits.max_message_bytes")
         for name in ("max_frames_per_s", "max_audio_seconds_per_s", "max_pending_audio_s", "idle_timeout_s",
-                     "frame_window_s"):
+                     "frame_window_s", "audio_burst_s"):
             if getattr(lim, name) <= 0:
                 raise ConfigError(f"limits.{name} must be > 0")
         for name in ("max_sessions", "max_sessions_per_token", "max_frames_per_turn", "max_errors_per_10s",

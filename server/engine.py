@@ -1,6 +1,11 @@
-"""The models behind the server, shared by every session: perception (through micro-batchers),
-fusion and the agent. Loaded once per process, in a worker thread, at start (``warmup``) or on
-first use; every model call runs in a worker thread, never on the event loop.
+"""The models behind the server, behind one typed interface: :class:`ModelEngine`.
+
+Every model call of a conversation goes through it: text, camera frames and speech encodings,
+the agent's reply (``respond``), edits of stored turns, and — a slot for the voice — speech
+synthesis. :class:`LocalEngine` runs everything in this process: perception through
+micro-batchers, fusion and the agent, loaded once per process, in a worker thread, at start
+(``warmup``) or on first use; every model call runs in a worker thread, never on the event loop.
+Another implementation (e.g. Ray Serve deployments) only has to provide the same methods.
 """
 
 from __future__ import annotations
@@ -11,16 +16,24 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from perception.errors import MMAgentError
 from server.batcher import MicroBatcher
 from server.config import ServerConfig
+from server.console import loading
 from server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from agent import PerceivedTurn, Session, TurnControl
+    from agent.events import AgentEvent
+    from perception.types import FrameEncoding, SpeechEncoding, TextEncoding
+    from server.core.settings import FunctionTool
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +44,86 @@ _MODELS_LOCK = threading.Lock()
 TEXT_CACHE_SIZE = 256
 
 
-class Engine:
-    """Perception, fusion and agent for all sessions; ``await engine.ensure_loaded()`` first."""
+@dataclass(frozen=True)
+class RespondRequest:
+    """One reply of the agent: the turn as perceived, and the caller's hold on it."""
+
+    session: Session
+    perceived: PerceivedTurn
+    cancel: asyncio.Event
+    control: TurnControl            # stored only once committed; instructions, device results
+    max_tokens: int | None = None   # None: the responder's own limit
+
+
+class Voice(Protocol):
+    """Speech synthesis for ``output_modalities: ["audio"]`` (issue 13 provides one)."""
+
+    rate: int   # output sample rate, Hz
+
+    def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        """PCM16 LE mono chunks at ``rate`` for ``text`` (one clause or sentence)."""
+        ...
+
+
+class ModelEngine(Protocol):
+    """What a conversation needs from the models (all sessions share one engine)."""
+
+    # Turns between their end of input and their first reply delta, over all sessions; while
+    # there are any, background work (camera presence updates) yields the CPU to them.
+    turns_in_flight: int
+    voice: Voice | None
+
+    @property
+    def loaded(self) -> bool: ...
+
+    async def ensure_loaded(self) -> None: ...
+
+    async def open_session(self, session_id: str | None) -> Session:
+        """The agent's session (resumed from its store when ``session_id`` is known)."""
+        ...
+
+    async def encode_text(self, text: str) -> TextEncoding: ...
+
+    def prefetch_text(self, text: str) -> None:
+        """Start encoding ``text`` now; a later ``encode_text(text)`` reuses the result."""
+        ...
+
+    async def encode_frame(self, image: bytes) -> FrameEncoding: ...
+
+    async def encode_speech(self, audio: np.ndarray, rate: int) -> SpeechEncoding: ...
+
+    def respond(self, request: RespondRequest) -> AsyncIterator[AgentEvent]:
+        """The agent's events for one turn (ends with ``TurnDoneEvent``)."""
+        ...
+
+    async def revise_turn(self, session: Session, turn_id: str, *, reply: str | None = None,
+                          forget: bool = False) -> None:
+        """Change a stored turn: what was heard of its reply, or forget it (a deleted item)."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def tools(self) -> tuple[FunctionTool, ...]:
+        """The pack's actions, as the function tools the agent may call."""
+        ...
+
+    @property
+    def pack_name(self) -> str | None: ...
+
+    @property
+    def instructions(self) -> str:
+        """The agent's own instructions (persona), shown as the session's default."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalEngine:
+    """Perception, fusion and agent for all sessions, in this process; ``await engine.ensure_loaded()`` first."""
 
     def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
         self.config, self.metrics = config, metrics
+        self.voice: Voice | None = None
         b = config.batching
         self.executor = ThreadPoolExecutor(b.model_threads, thread_name_prefix="model")
         # VAD and other tiny per-chunk work get their own thread so they never wait behind Whisper.
@@ -93,20 +181,24 @@ class Engine:
         from perception import Perception
 
         t0 = time.perf_counter()
-        perception = Perception(self._perception_config())
-        perception.warmup()
+        with loading("perception: text, speech and vision encoders") as step:
+            perception = Perception(self._perception_config())
+            step.detail(", ".join(f"{k} {v:.1f} s" for k, v in perception.warmup().items()) + ", in parallel")
         fusion: Any = None
         try:
-            fusion = FusionPredictor.load(self.config.pipeline.fusion_checkpoint)
-            fusion.check_encoders(perception.identities(), perception.feature_dims())
+            with loading("fusion core"):
+                fusion = FusionPredictor.load(self.config.pipeline.fusion_checkpoint)
+                fusion.check_encoders(perception.identities(), perception.feature_dims())
         except MMAgentError as exc:
             if self.config.pipeline.require_fusion:
                 raise
             # Without a checkpoint the agent still answers; turn.fused then carries no prediction.
             log.warning("fusion disabled: %s [%s]", exc, exc.code)
             fusion = None
-        agent = Agent.from_config(self._agent_config(), perception=perception, fusion=fusion)
-        agent.warmup()
+        with loading("agent: knowledge pack, retrieval index, language model",
+                     hint="the first start converts the language model once, about 20 s"):
+            agent = Agent.from_config(self._agent_config(), perception=perception, fusion=fusion)
+            agent.warmup()
         log.info("models loaded in %.1f s", time.perf_counter() - t0)
         return perception, fusion, agent
 
@@ -148,7 +240,7 @@ class Engine:
     def _encode_speech(self, items: list[tuple[np.ndarray, int]]) -> list[Any]:
         return [self.perception.encode_speech(audio, rate) for audio, rate in items]
 
-    async def encode_text(self, text: str) -> Any:
+    async def encode_text(self, text: str) -> TextEncoding:
         await self.ensure_loaded()
         return await asyncio.shield(self._text_future(text))
 
@@ -169,29 +261,57 @@ class Engine:
             self._text_cache.popitem(last=False)
         return fut
 
-    async def encode_frame(self, image: bytes) -> Any:
+    async def encode_frame(self, image: bytes) -> FrameEncoding:
         await self.ensure_loaded()
         return await self.frames.submit(image)
 
-    async def encode_speech(self, audio: np.ndarray, rate: int) -> Any:
+    async def encode_speech(self, audio: np.ndarray, rate: int) -> SpeechEncoding:
         await self.ensure_loaded()
         return await self.speech.submit((audio, rate))
 
     # ---- agent ---------------------------------------------------------------------------------
 
-    async def open_session(self, session_id: str | None) -> Any:
+    async def open_session(self, session_id: str | None) -> Session:
         """The agent's session (resumed from its store when ``session_id`` is known)."""
         await self.ensure_loaded()
         return await asyncio.get_running_loop().run_in_executor(
             self.light_executor, lambda: self.agent.open_session(session_id=session_id))
 
-    def respond(self, session: Any, perceived: Any, cancel: asyncio.Event, max_tokens: int | None = None,
-                discard: Callable[[], bool] | None = None) -> AsyncIterator[Any]:
-        """The agent's reply events for one turn (its LLM runs in its own worker thread);
-        ``max_tokens``: the session's max_output_tokens (None = the responder's own limit);
-        ``discard``: true at the end = forget the turn (a voided preemptive response)."""
-        return self.agent.respond(session, perceived, cancel=cancel,  # type: ignore[no-any-return]
-                                  max_tokens=max_tokens, discard=discard)
+    def respond(self, request: RespondRequest) -> AsyncIterator[AgentEvent]:
+        return self.agent.respond(request.session, request.perceived,  # type: ignore[no-any-return]
+                                  cancel=request.cancel, max_tokens=request.max_tokens, control=request.control)
+
+    async def revise_turn(self, session: Session, turn_id: str, *, reply: str | None = None,
+                          forget: bool = False) -> None:
+        from agent.control import revise_turn
+
+        await asyncio.get_running_loop().run_in_executor(
+            self.light_executor, lambda: revise_turn(session, turn_id, reply=reply, forget=forget))
+
+    def count_tokens(self, text: str) -> int:
+        if self.agent is None:
+            return max(1, (len(text) + 3) // 4)
+        return int(self.agent.responder.count_tokens(text))
+
+    def tools(self) -> tuple[FunctionTool, ...]:
+        from server.core.settings import FunctionTool
+
+        pack = getattr(self.agent, "pack", None)
+        if pack is None:
+            return ()
+        return tuple(FunctionTool(a.name, a.description, a.parameters) for a in pack.actions.values())
+
+    @property
+    def pack_name(self) -> str | None:
+        from pathlib import Path
+
+        name = getattr(getattr(self.agent, "pack", None), "name", None)
+        return name if isinstance(name, str) else (Path(self.config.pack).name if self.config.pack else None)
+
+    @property
+    def instructions(self) -> str:
+        pack = getattr(self.agent, "pack", None)
+        return f"{pack.persona}\n{pack.instructions}" if pack is not None else ""
 
     async def close(self) -> None:
         for fut in self._text_cache.values():

@@ -10,7 +10,6 @@ import json
 import secrets
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from server.errors import ProtocolError
@@ -19,9 +18,12 @@ PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 SUBPROTOCOL_PREFIX = "mmagent.v"              # "mmagent.v1"
 TOKEN_SUBPROTOCOL_PREFIX = "mmagent.token."   # "mmagent.token.<token>"
+REALTIME_SUBPROTOCOL = "realtime"             # OpenAI Realtime clients (browsers) offer it
+# Token subprotocols (never echoed back): ours, and the one OpenAI's browser clients send.
+TOKEN_SUBPROTOCOL_PREFIXES = (TOKEN_SUBPROTOCOL_PREFIX, "openai-insecure-api-key.")
 WS_PATHS = ("/", "/v1/realtime")
 
-AUDIO_RATES = (16000, 24000, 48000)
+AUDIO_RATES = (8000, 16000, 24000, 48000)
 DEFAULT_AUDIO_RATE = 24000
 
 CLIENT_EVENTS = (
@@ -31,6 +33,9 @@ CLIENT_EVENTS = (
     "input_audio_buffer.clear",
     "input_image_buffer.append",
     "conversation.item.create",
+    "conversation.item.delete",
+    "conversation.item.retrieve",
+    "conversation.item.truncate",
     "response.create",
     "response.cancel",
 )
@@ -67,6 +72,7 @@ ERROR_TYPES: dict[str, str] = {
     "conversation_already_has_active_response": "invalid_request_error",
     "response_cancel_not_active": "invalid_request_error",
     "empty_turn": "invalid_request_error",
+    "item_not_found": "invalid_request_error",
     "session_not_found": "invalid_request_error",
     "unsupported_version": "invalid_request_error",
     "session_replaced": "invalid_request_error",
@@ -80,6 +86,7 @@ ERROR_TYPES: dict[str, str] = {
     "too_many_errors": "rate_limit_error",
     "unauthorized": "authentication_error",
     "responder_failed": "server_error",
+    "response_timeout": "server_error",
     "model_load_failed": "server_error",
     "checkpoint_mismatch": "server_error",
     "internal_error": "server_error",
@@ -193,113 +200,12 @@ def decode_image_url(url: str, *, path: str, event_id: str | None) -> bytes:
     return decode_base64(url.split(",", 1)[1], code="invalid_image", path=path, event_id=event_id)
 
 
-# ---- session settings -----------------------------------------------------------------------
+# ---- session settings: server/core/settings.py (re-exported here) ----------------------------
 
-@dataclass
-class TurnDetection:
-    """Server VAD settings of one session (``session.audio.input.turn_detection``)."""
+def __getattr__(name: str) -> Any:
+    """``SessionSettings``, ``TurnDetection``, ``apply_session_update``: from their module."""
+    if name in ("SessionSettings", "TurnDetection", "apply_session_update"):
+        from server.core import settings
 
-    threshold: float = 0.5
-    prefix_padding_ms: int = 300
-    silence_duration_ms: int = 500
-    create_response: bool = True
-    interrupt_response: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return {"type": "server_vad", "threshold": self.threshold, "prefix_padding_ms": self.prefix_padding_ms,
-                "silence_duration_ms": self.silence_duration_ms, "create_response": self.create_response,
-                "interrupt_response": self.interrupt_response}
-
-
-@dataclass
-class SessionSettings:
-    """What ``session.update`` can change."""
-
-    rate: int = DEFAULT_AUDIO_RATE
-    turn_detection: TurnDetection | None = None
-    max_output_tokens: int | None = None
-    presence_updates: bool = True
-    presence_interval_ms: int = 1000
-
-
-def apply_session_update(settings: SessionSettings, session: Any, event_id: str | None) -> SessionSettings:
-    """Validate a ``session.update`` payload; return the new settings (the old ones untouched)."""
-    if not isinstance(session, dict):
-        raise ProtocolError("invalid_value", "'session' must be an object", param="session", event_id=event_id)
-    new = SessionSettings(**settings.__dict__)
-    if settings.turn_detection is not None:
-        new.turn_detection = TurnDetection(**settings.turn_detection.__dict__)
-    kw: dict[str, Any] = {"event_id": event_id}
-    mods = get_field(session, "output_modalities", list, path="session.output_modalities", **kw)
-    if mods is not None and mods != ["text"]:
-        raise ProtocolError("invalid_value", "only output_modalities [\"text\"] is supported",
-                            param="session.output_modalities", event_id=event_id)
-    if "max_output_tokens" in session:
-        mot = session["max_output_tokens"]
-        if mot == "inf" or mot is None:
-            new.max_output_tokens = None
-        elif isinstance(mot, int) and not isinstance(mot, bool) and 1 <= mot <= 1024:
-            new.max_output_tokens = mot
-        else:
-            raise ProtocolError("invalid_value", "max_output_tokens must be an integer 1..1024 or \"inf\"",
-                                param="session.max_output_tokens", event_id=event_id)
-    audio = get_field(session, "audio", dict, path="session.audio", **kw)
-    inp = get_field(audio, "input", dict, path="session.audio.input", **kw) if audio else None
-    if inp:
-        fmt = get_field(inp, "format", dict, path="session.audio.input.format", **kw)
-        if fmt is not None:
-            ftype = get_field(fmt, "type", str, path="session.audio.input.format.type", default="audio/pcm", **kw)
-            rate = get_field(fmt, "rate", int, path="session.audio.input.format.rate", default=new.rate, **kw)
-            if ftype != "audio/pcm" or rate not in AUDIO_RATES:
-                raise ProtocolError("unsupported_audio_format",
-                                    f"audio format must be audio/pcm at one of {list(AUDIO_RATES)} Hz",
-                                    param="session.audio.input.format", event_id=event_id)
-            new.rate = rate
-        if "turn_detection" in inp:
-            td = inp["turn_detection"]
-            if td is None:
-                new.turn_detection = None
-            else:
-                new.turn_detection = _turn_detection(td, new.turn_detection or TurnDetection(), event_id)
-    vision = get_field(session, "vision", dict, path="session.vision", **kw)
-    if vision:
-        new.presence_updates = get_field(vision, "presence_updates", bool, path="session.vision.presence_updates",
-                                         default=new.presence_updates, **kw)
-        interval = get_field(vision, "presence_interval_ms", int, path="session.vision.presence_interval_ms",
-                             default=new.presence_interval_ms, **kw)
-        if interval < 200:
-            raise ProtocolError("invalid_value", "presence_interval_ms must be at least 200",
-                                param="session.vision.presence_interval_ms", event_id=event_id)
-        new.presence_interval_ms = interval
-    return new
-
-
-def _turn_detection(td: Any, base: TurnDetection, event_id: str | None) -> TurnDetection:
-    path = "session.audio.input.turn_detection"
-    if not isinstance(td, dict):
-        raise ProtocolError("invalid_value", "turn_detection must be an object or null", param=path,
-                            event_id=event_id)
-    kind = td.get("type", "server_vad")
-    if kind != "server_vad":
-        raise ProtocolError("invalid_value", "turn_detection.type must be \"server_vad\"", param=path + ".type",
-                            event_id=event_id)
-    out = TurnDetection(**base.__dict__)
-    kw: dict[str, Any] = {"event_id": event_id}
-    thr = get_field(td, "threshold", (int, float), path=path + ".threshold", default=out.threshold, **kw)
-    pad = get_field(td, "prefix_padding_ms", int, path=path + ".prefix_padding_ms", default=out.prefix_padding_ms, **kw)
-    sil = get_field(td, "silence_duration_ms", int, path=path + ".silence_duration_ms",
-                    default=out.silence_duration_ms, **kw)
-    if not 0.0 <= float(thr) <= 1.0:
-        raise ProtocolError("invalid_value", "threshold must be within 0..1", param=path + ".threshold", **kw)
-    if not 0 <= pad <= 2000:
-        raise ProtocolError("invalid_value", "prefix_padding_ms must be within 0..2000",
-                            param=path + ".prefix_padding_ms", **kw)
-    if not 100 <= sil <= 5000:
-        raise ProtocolError("invalid_value", "silence_duration_ms must be within 100..5000",
-                            param=path + ".silence_duration_ms", **kw)
-    out.threshold, out.prefix_padding_ms, out.silence_duration_ms = float(thr), pad, sil
-    out.create_response = get_field(td, "create_response", bool, path=path + ".create_response",
-                                    default=out.create_response, **kw)
-    out.interrupt_response = get_field(td, "interrupt_response", bool, path=path + ".interrupt_response",
-                                       default=out.interrupt_response, **kw)
-    return out
+        return getattr(settings, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lazy", action="store_true", help="load models on first use instead of at start")
     p.add_argument("--insecure-no-token", action="store_true",
                    help="allow binding a non-local interface without any API token")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective configuration (file, environment and flags merged; secrets "
+                   "masked) as JSON and exit without starting")
     p.set_defaults(func=_serve)
 
 
@@ -51,22 +55,49 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _serve(args: argparse.Namespace) -> int:
     from server.config import load_config
+    from server.console import config_summary
 
+    t0 = time.perf_counter()
     config = load_config(args.config, overrides=_overrides(args))
-    print("mmagent serve configuration (secrets masked):")
-    print(json.dumps(config.masked(), indent=2))
-    return asyncio.run(_run(config))
+    if args.print_config:
+        print(json.dumps(config.masked(), indent=2))
+        return 0
+    log.info("mmagent serve")
+    for line in config_summary(config):
+        log.info("  %s", line)
+    _check_port(config.host, config.port)   # before a minute of model loading, not after
+    return asyncio.run(_run(config, t0))
 
 
-async def _run(config: Any) -> int:
+def _check_port(host: str, port: int) -> None:
+    """Fail at once, in plain words, when the address is taken or cannot be used."""
+    import socket
+
+    from perception.errors import ConfigError
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, addr = infos[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as exc:
+        why = "it is already in use (another mmagent serve?)" if exc.errno == 98 else (exc.strerror or str(exc))
+        raise ConfigError(f"cannot listen on {host}:{port}: {why}; choose another --port") from None
+
+
+async def _run(config: Any, t0: float) -> int:
     from server.app import Server
 
     server = Server(config)
-    if config.pipeline.warmup:
-        print("loading models…", flush=True)
     await server.start()
     token_hint = "?token=<your token>" if config.tokens else ""
-    print(f"\nmmagent is ready: open {server.url}{token_hint}\nWebSocket endpoint: {server.ws_url}\n", flush=True)
+    joiner = "&" if token_hint else "?"
+    log.info("ready in %.0f s — open %s%s (the kiosk: %s%s%skiosk=1); WebSocket %s",
+             time.perf_counter() - t0, server.url, token_hint, server.url, token_hint, joiner, server.ws_url)
+    log.info("one line per turn follows: session, modalities, intent, latency, outcome, actions (Ctrl-C stops)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -75,6 +106,6 @@ async def _run(config: Any) -> int:
         except (NotImplementedError, RuntimeError):
             pass
     await stop.wait()
-    print("shutting down…", flush=True)
+    log.info("shutting down…")
     await server.stop()
     return 0

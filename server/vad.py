@@ -204,6 +204,13 @@ class StreamingVad:
         stopped = self._stop(int(self._received * 1000 / self.rate))
         return SpeechStopped(stopped.audio_end_ms, stopped.audio, None)   # audio may differ from the pause's
 
+    def drain(self) -> np.ndarray:
+        """The audio of the utterance in progress (prefix padding included; empty when not in
+        speech), then :meth:`clear` (turn detection switched off mid-utterance: keep the audio)."""
+        audio = np.concatenate(self._speech) if self.speaking and self._speech else np.zeros(0, np.int16)
+        self.clear()
+        return audio
+
     def clear(self) -> None:
         """Drop buffered audio and any utterance in progress."""
         self._speech, self._speech_len = [], 0

@@ -297,9 +297,11 @@ def test_closing_the_stream_early_stores_a_cancelled_turn(rig: Any) -> None:
 
 
 def test_discarded_turn_leaves_no_trace(rig: Any) -> None:
-    """A turn whose ``discard`` predicate holds when it ends (a voided speculative turn) is
+    """A turn whose caller abandons it (``TurnControl.abandon``: a voided speculative turn) is
     neither stored nor in the history, and the face count it observed is undone — whether it
     ran to its end or its stream was closed early."""
+    from agent import TurnControl
+
     agent, fusion, _ = rig
     session = agent.open_session()
     fusion.queue += [fused("other"), fused("other"), fused("other")]
@@ -309,8 +311,10 @@ def test_discarded_turn_leaves_no_trace(rig: Any) -> None:
 
     async def go(close_early: bool) -> list[Any]:
         events = []
+        control = TurnControl()
+        control.abandon()
         agen = agent.respond(session, PerceivedTurn(text=None, speech=None, frames=[_frame(1)]),
-                             discard=lambda: True)
+                             control=control)
         async for ev in agen:
             events.append(ev)
             if close_early and ev.type == "turn.fused":

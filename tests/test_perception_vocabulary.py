@@ -87,12 +87,12 @@ def test_biasing_does_not_invent_glossary_words(biased_perception: Perception) -
 def test_server_engine_uses_the_pack_vocabulary() -> None:
     """The engine biases recognition with its pack's terms; an explicit list, even empty, wins."""
     from server.config import load_config
-    from server.engine import Engine
+    from server.engine import LocalEngine
     from server.metrics import Metrics
 
-    engine = Engine(load_config(None, env={}, overrides={}), Metrics())
+    engine = LocalEngine(load_config(None, env={}, overrides={}), Metrics())
     assert "service desk" in engine._perception_config().speech_vocabulary
-    off = Engine(load_config(None, env={}, overrides={"perception": {"speech_vocabulary": []}}), Metrics())
+    off = LocalEngine(load_config(None, env={}, overrides={"perception": {"speech_vocabulary": []}}), Metrics())
     assert off._perception_config().speech_vocabulary == ()
     for e in (engine, off):
         e.executor.shutdown()

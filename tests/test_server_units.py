@@ -59,7 +59,7 @@ def test_session_update_validation() -> None:
     assert s.rate == 24000  # the old settings are untouched
     off = P.apply_session_update(s, {"audio": {"input": {"turn_detection": None}}}, None)
     assert off.turn_detection is None
-    assert _code(P.apply_session_update, s, {"audio": {"input": {"format": {"rate": 8000}}}}, None) \
+    assert _code(P.apply_session_update, s, {"audio": {"input": {"format": {"rate": 11025}}}}, None) \
         == "unsupported_audio_format"
     assert _code(P.apply_session_update, s, {"output_modalities": ["audio"]}, None) == "invalid_value"
     assert _code(P.apply_session_update, s, {"audio": {"input": {"turn_detection": {"threshold": "x"}}}},

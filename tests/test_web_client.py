@@ -183,7 +183,8 @@ def connected(page: Any, timeout: float = 60_000) -> None:
 
 def test_spoken_turn_with_camera(pw: Any, web_server: Any, media: dict[str, Path],
                                  artifacts_dir: Path) -> None:
-    """Speech + camera: transcript line, streamed reply, non-zero vision weight, camera labels."""
+    """Speech + camera: transcript line, streamed reply, non-zero vision weight, the face counted and
+    no ImageNet label put on the person."""
     ctx = open_browser(pw, audio=media["speech"], video=media["face"])
     try:
         page = new_page(ctx)
@@ -206,7 +207,11 @@ def test_spoken_turn_with_camera(pw: Any, web_server: Any, media: dict[str, Path
         assert float(vision.get_attribute("data-weight") or 0) > 0
         speech = page.locator('#why-weights .bar[data-modality="speech"]')
         assert float(speech.get_attribute("data-weight") or 0) > 0
-        expect(page.locator("#why-vision .chip.label").first).to_be_visible()
+        # A person is in view: the face is counted, and ImageNet labels (which have no class for
+        # a person, so they would describe the person) are not shown, here or on the preview.
+        expect(page.locator("#why-vision .chip.face")).to_have_text("1 face")
+        expect(page.locator("#why-vision .chip.label")).to_have_count(0)
+        expect(page.locator("#cam-badge .label")).to_have_count(0)
         expect(page.locator("#why-intent")).not_to_have_text("—")
         expect(page.locator("#why-transcript")).to_contain_text("%")
         # The reply is announced to screen readers once it is complete.
@@ -311,8 +316,10 @@ def test_kiosk_attract_screen_and_arrival(pw: Any, web_server: Any,
         # The face arrives: the server sees it, the attract screen leaves, the greeting shows.
         page.wait_for_function("window.mmagent.state.faces > 0", timeout=45_000)
         expect(page.locator("#attract")).to_be_hidden(timeout=10_000)
-        expect(page.locator("#greeting")).to_be_visible()
-        expect(page.locator("#greeting")).to_contain_text("help")
+        # The pack's greeting ("Hello! I'm Kit, the store's help kiosk. …") is the kiosk's first line.
+        greeting = page.locator("#k-log .k-bot").first
+        expect(greeting).to_be_visible()
+        expect(greeting).to_contain_text("help")
         no_page_errors(page)
     finally:
         close_browser(ctx)

@@ -1,12 +1,17 @@
-// mmagent web client: wires the connection, microphone, camera, chat, "Why" panel and kiosk mode.
+// mmagent web client: wires the connection, microphone, camera and speaker to the turn state
+// (turns.js, a pure reducer) and renders it — as the developer page, or in kiosk mode (?kiosk=1)
+// as the customer's screen with a staff view behind ?staff=1 or Ctrl+Shift+S.
 // Protocol: docs/protocol.md (v1). No build step: plain ES modules served from server/static/.
 
 import { Connection } from "./connection.js";
 import { Microphone, DEFAULT_CHUNK_MS } from "./audio.js";
 import { Camera, DEFAULT_FPS, DEFAULT_WIDTH } from "./camera.js";
 import { ChatLog } from "./chat.js";
-import { WhyPanel, readVision } from "./why.js";
-import { Presence, Speaker, KioskScreen, enterFullscreen } from "./kiosk.js";
+import { WhyPanel, readVision, objectLabels } from "./why.js";
+import { Presence, IdleTimer, Speaker, enterFullscreen } from "./kiosk.js";
+import { KioskView } from "./kiosk-view.js";
+import { showError, clearError, deviceError, showServerError } from "./notices.js";
+import * as T from "./turns.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -18,115 +23,80 @@ function numParam(name, fallback, min, max) {
 
 const config = {
   kiosk: params.get("kiosk") === "1",
+  staff: params.get("staff") === "1",
   fps: numParam("fps", DEFAULT_FPS, 0.2, 5),
   width: numParam("width", DEFAULT_WIDTH, 160, 1280),
   chunkMs: numParam("chunk_ms", DEFAULT_CHUNK_MS, 20, 40),
-  absentMs: numParam("absent_ms", 4000, 500, 60000),
-  greeting: params.get("greeting") || "Hi there! How can I help you today?",
+  absentMs: numParam("absent_ms", 4000, 500, 600000),
+  idleMs: numParam("idle_s", 60, 5, 3600) * 1000,
+  echoGuard: params.get("echo_guard") !== "0",
 };
 
 // ---- state ------------------------------------------------------------------------------
 
-const state = {
-  session: null, // the server's session object (session.created / .updated)
+let turns = T.initialState();   // the turn state: only T.reduce changes it
+const ui = {                     // everything else the page keeps (connection, devices, kiosk)
+  session: null,                 // the server's session object (session.created / .updated)
   rate: 24000,
-  mode: "handsfree", // or "ptt"
-  turns: [],
-  byItem: new Map(),
-  byResponse: new Map(),
-  active: null, // turn whose reply is streaming
-  pttTurn: null,
-  pttHeld: false,
-  queuedCreate: false, // response.create waiting for the active reply to end
+  seen: {},                      // server events by type, for tests and debugging
+  faces: null,                   // the server's latest face count
   hadSession: false,
   quietReconnect: false,
-  seen: {},
-  preroll: [], // kiosk: audio heard while nobody was in view (base64 chunks)
-  faces: null, // the server's latest face count
+  sessionReady: false,
   autoStarted: false,
+  preroll: [],                   // kiosk: audio heard while nobody was in view (base64 chunks)
+  greetPending: false,           // kiosk: greet once the session is ready
+  sessionFrames: 0,              // camera frames the server has reported in this session
+  offline: false,                // kiosk: the connection has been down for a moment
+  micFailed: false,
+  talkHintUntil: 0,              // kiosk: "Go ahead — I'm listening" after a tap on Talk
 };
 
 const conn = new Connection({ onEvent: handleEvent, onState: renderConnState });
-const chat = new ChatLog($("log"), { onStop: stopReply, onWhy: (t) => showWhy(t, true) });
+const chat = new ChatLog($("log"), { onStop: () => stopReply(), onWhy: (n) => openWhy(n) });
 const why = new WhyPanel();
-const speaker = new Speaker();
+const speaker = new Speaker({
+  onSpeaking: (on) => dispatch(on ? { type: "playback.started", source: "speech_synthesis" } : { type: "playback.ended" }),
+});
 const mic = new Microphone({ onChunk: sendAudio, onLevel: renderLevel, chunkMs: config.chunkMs });
 const camera = new Camera($("cam-video"), sendFrame, { fps: config.fps, width: config.width });
-const kioskScreen = new KioskScreen({
-  greetingText: config.greeting,
-  onArrive: (text) => speaker.say(text),
-});
-const presence = new Presence({
-  absentMs: config.absentMs,
-  onChange: (present) => (present ? kioskScreen.arrive() : personLeft()),
-});
+let kiosk = null;     // KioskView in kiosk mode
+let presence = null;  // Presence in kiosk mode
+let idle = null;      // IdleTimer in kiosk mode
 
-// ---- errors -----------------------------------------------------------------------------
+/** Every change of the turn state goes through here: reduce, send what it asks, render. */
+function dispatch(ev) {
+  turns = T.reduce(turns, ev);
+  for (const out of turns.outbox) conn.send(out);
+  render();
+}
 
-/** Show a plain error. `key` de-duplicates; `timeoutMs` removes transient ones by themselves. */
-function showError(key, title, detail = "", { warn = false, timeoutMs = 0, action = null } = {}) {
-  clearError(key);
-  const box = document.createElement("div");
-  box.className = "error" + (warn ? " warn" : "");
-  box.dataset.key = key;
-  const text = document.createElement("div");
-  const strong = document.createElement("strong");
-  strong.textContent = title;
-  text.append(strong);
-  if (detail) {
-    const p = document.createElement("p");
-    p.textContent = detail;
-    text.append(p);
-  }
-  box.append(text);
-  if (action) {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.className = "btn small";
-    b.textContent = action.label;
-    b.addEventListener("click", () => {
-      clearError(key);
-      action.run();
+function render() {
+  if (kiosk) {
+    kiosk.render(turns, {
+      phase: T.phase(turns),
+      offline: ui.offline,
+      canStop: turns.active !== null || speaker.pending > 0,
+      idleText: ui.micFailed ? "Touch “Type” to ask me" : Date.now() < ui.talkHintUntil ? "Go ahead — I'm listening" : null,
     });
-    box.append(b);
+    renderStaffStatus();
+  } else {
+    chat.render(turns);
   }
-  const close = document.createElement("button");
-  close.type = "button";
-  close.className = "btn small ghost";
-  close.textContent = "Dismiss";
-  close.setAttribute("aria-label", `Dismiss: ${title}`);
-  close.addEventListener("click", () => clearError(key));
-  box.append(close);
-  $("errors").append(box);
-  if (timeoutMs) setTimeout(() => box.remove(), timeoutMs);
-}
-
-function clearError(key) {
-  document.querySelectorAll(`#errors .error[data-key="${key}"]`).forEach((n) => n.remove());
-}
-
-function deviceError(what, err) {
-  const name = (err && err.name) || "";
-  const device = what === "mic" ? "microphone" : "camera";
-  const Device = device[0].toUpperCase() + device.slice(1);
-  if (!window.isSecureContext || !navigator.mediaDevices) {
-    return [`${Device} unavailable on this address`, `Browsers only allow the ${device} on https:// pages or on localhost. Open the page through https or on this machine as http://localhost.`];
+  const shown = T.turnByN(turns, turns.why);
+  if (!shown) {
+    if (why.shown) why.clear();
+  } else if (shown !== why.shown) {
+    why.show(shown);
   }
-  if (name === "NotAllowedError" || name === "SecurityError") {
-    return [`${Device} access was denied`, `Allow the ${device} for this site in the browser (the icon at the left of the address bar), then press “Turn ${device} on” again.`];
-  }
-  if (name === "NotFoundError" || name === "OverconstrainedError") {
-    return [`No ${device} found`, `Connect a ${device} and try again.`];
-  }
-  if (name === "NotReadableError" || name === "AbortError") {
-    return [`The ${device} is busy`, `Another application may be using it. Close it and try again.`];
-  }
-  return [`The ${device} could not start`, (err && err.message) || String(err)];
+  $("stop").hidden = turns.active === null;
+  $("listening").hidden = !turns.hearing;
 }
 
 // ---- connection -------------------------------------------------------------------------
 
 let countdown = null;
+let offlineTimer = null;
 
 function renderConnState(s, info) {
   const box = $("conn");
@@ -136,8 +106,19 @@ function renderConnState(s, info) {
   retry.hidden = s !== "reconnecting";
   if (countdown) clearInterval(countdown);
   countdown = null;
+  if (s !== "open") ui.sessionReady = false;
   // The kiosk's attract screen covers the page: it repeats any connection problem itself.
   $("attract-status").textContent = s === "open" || s === "connecting" ? "" : "The assistant is offline at the moment — reconnecting…";
+  if (kiosk && s !== "open" && !offlineTimer && !ui.offline) {
+    // A moment of reconnecting is not worth a customer's attention; a longer one is.
+    offlineTimer = setTimeout(() => {
+      offlineTimer = null;
+      if (!ui.sessionReady) {
+        ui.offline = true;
+        render();
+      }
+    }, 2500);
+  }
   if (s === "connecting") text.textContent = "Connecting…";
   else if (s === "open") {
     // The socket is up; "Connected" once the server has created the session.
@@ -159,7 +140,7 @@ function renderConnState(s, info) {
     };
     tick();
     countdown = setInterval(tick, 500);
-    markStreamingLost();
+    connectionLost();
     if (info.unreachable) {
       showError("conn", "Can't reach the server", `Nothing answers at ${location.host}. Is “mmagent serve” running? The page keeps trying and resumes your conversation when it is back.`, { warn: true });
     } else if (info.handshakeRefused) {
@@ -172,7 +153,8 @@ function renderConnState(s, info) {
       showError("conn", "Connection lost", "Reconnecting… your conversation will resume.", { warn: true });
     }
   } else if (s === "refused") {
-    markStreamingLost();
+    connectionLost();
+    if (kiosk) setStaff(true); // a refused kiosk is a setup problem: show it to whoever set it up
     const code = info.code;
     if (code === "unauthorized") {
       text.textContent = "Token refused";
@@ -194,6 +176,7 @@ function renderConnState(s, info) {
     }
   } else if (s === "closed") text.textContent = "Disconnected";
   else text.textContent = "Not connected";
+  render();
 }
 
 function showTokenForm(title) {
@@ -204,45 +187,20 @@ function showTokenForm(title) {
   input.focus();
 }
 
-function markStreamingLost() {
-  for (const t of state.turns) {
-    if (t.replyEl && t.replyEl.classList.contains("streaming")) chat.finishReply(t, "incomplete", "Connection lost before the reply finished.");
-    if (t.userEl && t.userEl.classList.contains("pending")) chat.setTranscript(t, "(connection lost before this was heard)");
-  }
-  $("listening").hidden = true;
-  state.active = null;
-  state.queuedCreate = false;
+function connectionLost() {
   speaker.cancel();
-  renderStop();
-}
-
-function sessionUpdate() {
-  conn.send({
-    type: "session.update",
-    session: {
-      type: "realtime",
-      output_modalities: ["text"],
-      audio: {
-        input: {
-          turn_detection: state.mode === "handsfree"
-            ? { type: "server_vad", create_response: true, interrupt_response: true }
-            : null,
-        },
-      },
-      vision: { presence_updates: true },
-    },
-  });
+  dispatch({ type: "ui.connection_lost" });
 }
 
 function applySession(session) {
-  state.session = session;
+  ui.session = session;
   const pack = session && session.pack && session.pack.name;
   $("pack-name").hidden = !pack;
   $("pack-name").textContent = pack ? String(pack).replace(/_/g, " ") : "";
   const fmt = session && session.audio && session.audio.input && session.audio.input.format;
   const rate = (fmt && fmt.rate) || 24000;
-  if (rate !== state.rate) {
-    state.rate = rate;
+  if (rate !== ui.rate) {
+    ui.rate = rate;
     if (mic.running) startMic(); // restart the worklet at the new rate
   }
   try {
@@ -252,243 +210,86 @@ function applySession(session) {
   }
 }
 
-// ---- turns ------------------------------------------------------------------------------
-
-function newTurn(kind, itemId = null) {
-  const turn = { n: state.turns.length + 1, kind, itemId, responseId: null, fused: null, perception: null, transcript: null, transcriptConfidence: null, actions: [], replyEl: null, userEl: null, replyText: "" };
-  state.turns.push(turn);
-  if (itemId) state.byItem.set(itemId, turn);
-  return turn;
-}
-
-/** The newest turn that has no response yet (a response is created for it next). */
-function waitingTurn() {
-  const t = state.turns[state.turns.length - 1];
-  return t && !t.responseId ? t : null;
-}
-
-function turnFor(ev) {
-  if (ev.response_id && state.byResponse.has(ev.response_id)) return state.byResponse.get(ev.response_id);
-  if (ev.item_id && state.byItem.has(ev.item_id)) return state.byItem.get(ev.item_id);
-  return state.active;
-}
-
-function speechTurn(itemId) {
-  if (itemId && state.byItem.has(itemId)) return state.byItem.get(itemId);
-  if (state.pttTurn && !state.pttTurn.itemId) {
-    const t = state.pttTurn;
-    if (itemId) {
-      t.itemId = itemId;
-      state.byItem.set(itemId, t);
-      state.pttTurn = null;
-    }
-    return t;
-  }
-  return newTurn("speech", itemId);
-}
-
-function showWhy(turn, focus = false) {
-  why.show(turn);
-  chat.markSelected(turn);
-  if (focus) $("why-title").scrollIntoView({ block: "nearest" });
-  if (focus) {
-    $("why-title").setAttribute("tabindex", "-1");
-    $("why-title").focus();
-  }
-}
-
-function refreshWhy(turn) {
-  if (why.shown === turn || !why.shown || (why.shown.n < turn.n && turn.fused)) showWhy(turn);
-}
-
-function renderStop() {
-  $("stop").hidden = !state.active;
-}
-
 // ---- server events ----------------------------------------------------------------------
 
+/** Server events that show the kiosk is in use (the idle timer starts again). */
+const ACTIVITY = new Set(["input_audio_buffer.speech_started", "conversation.item.input_audio_transcription.completed",
+  "response.created", "response.output_text.delta", "response.done"]);
+
 function handleEvent(ev) {
-  state.seen[ev.type] = (state.seen[ev.type] || 0) + 1; // event counts, for tests and debugging
+  ui.seen[ev.type] = (ui.seen[ev.type] || 0) + 1;
+  // Barge-in: the server cancels the reply itself; the voice stops here at once.
+  if (ev.type === "input_audio_buffer.speech_started") speaker.cancel();
+  dispatch(ev);
+  if (idle && ACTIVITY.has(ev.type)) idle.poke();
   switch (ev.type) {
     case "session.created": {
       const resumed = !!(ev.session && ev.session.resumed);
-      if (state.hadSession && !state.quietReconnect) chat.system(resumed ? "Reconnected — conversation resumed." : "Reconnected — a new conversation started.");
-      else if (!state.hadSession && resumed) chat.system("Continuing your earlier conversation: the agent remembers it, this page shows only what follows.");
-      state.hadSession = true;
-      state.quietReconnect = false;
+      if (ui.hadSession && !ui.quietReconnect) chat.system(resumed ? "Reconnected — conversation resumed." : "Reconnected — a new conversation started.");
+      else if (!ui.hadSession && resumed) chat.system("Continuing your earlier conversation: the agent remembers it, this page shows only what follows.");
+      ui.hadSession = true;
+      ui.quietReconnect = false;
+      ui.sessionReady = true;
+      ui.sessionFrames = 0;
+      ui.offline = false;
       applySession(ev.session);
-      sessionUpdate();
       $("conn").dataset.state = "ready";
       $("conn-text").textContent = "Connected";
       clearError("conn");
-      if (config.kiosk && !state.autoStarted) {
-        state.autoStarted = true;
-        startCamera();
-        startMic();
+      if (kiosk) {
+        if (!ui.autoStarted) {
+          ui.autoStarted = true;
+          startCamera();
+          startMic();
+        }
+        tryGreet();
       }
+      render();
       break;
     }
     case "session.updated":
       applySession(ev.session);
       break;
-    case "input_audio_buffer.speech_started": {
-      $("listening").hidden = false;
-      if (state.active) speaker.cancel(); // barge-in: the server cancels the reply itself
-      const t = speechTurn(ev.item_id);
-      if (!t.userEl) chat.addUser(t, { text: "Listening…", kind: "speech", pending: true });
+    case "response.output_text.delta":
+      speaker.feed(ev.delta || "");
       break;
-    }
-    case "input_audio_buffer.speech_stopped": {
-      $("listening").hidden = true;
-      const t = speechTurn(ev.item_id);
-      if (t.userEl && t.userEl.classList.contains("pending")) t.userEl.querySelector(".bubble").textContent = "Transcribing…";
-      break;
-    }
-    case "input_audio_buffer.committed": {
-      const t = speechTurn(ev.item_id);
-      if (!t.userEl) chat.addUser(t, { text: "Transcribing…", kind: "speech", pending: true });
-      break;
-    }
-    case "conversation.item.input_audio_transcription.completed": {
-      const t = speechTurn(ev.item_id);
-      t.transcript = ev.transcript || "";
-      if (typeof ev.confidence === "number") t.transcriptConfidence = ev.confidence;
-      chat.setTranscript(t, t.transcript);
-      refreshWhy(t);
-      break;
-    }
-    case "response.created": {
-      const id = ev.response && ev.response.id;
-      const t = waitingTurn() || newTurn("camera");
-      t.responseId = id;
-      if (id) state.byResponse.set(id, t);
-      state.active = t;
-      chat.addReply(t);
-      renderStop();
+    case "response.done": {
+      const r = ev.response || {};
+      if ((r.status || "completed") === "completed") {
+        const t = turns.turns.find((x) => x.responseId === r.id);
+        if (t && t.local) speakLocal(t);
+        else speaker.end();
+        if (t && t.reply && t.reply.text) $("announcer").textContent = `Agent: ${t.reply.text}`;
+      } else {
+        speaker.cancel();
+      }
       break;
     }
     case "perception.updated":
       onPerception(ev);
       break;
-    case "turn.fused": {
-      const t = turnFor(ev);
-      if (!t) break;
-      t.fused = ev;
-      if (t.transcriptConfidence == null && typeof ev.transcript_confidence === "number") t.transcriptConfidence = ev.transcript_confidence;
-      showWhy(t);
-      break;
-    }
-    case "response.output_text.delta": {
-      const t = turnFor(ev);
-      if (!t) break;
-      chat.appendDelta(t, ev.delta || "");
-      speaker.feed(ev.delta || "");
-      break;
-    }
-    case "response.output_text.done": {
-      const t = turnFor(ev);
-      if (t && typeof ev.text === "string" && ev.text) chat.setReplyText(t, ev.text);
-      break;
-    }
-    case "response.action": {
-      const t = turnFor(ev);
-      if (!t) break;
-      t.actions.push({ name: ev.name, arguments: ev.arguments });
-      chat.addAction(t, ev.name.replace(/_/g, " "));
-      refreshWhy(t);
-      break;
-    }
-    case "response.done":
-      onResponseDone(ev.response || {});
-      break;
     case "error":
       onError(ev.error || {});
       break;
     default:
-      break; // conversation.item.added, input_audio_buffer.cleared, ...: nothing to show
+      break;
   }
 }
 
 function onPerception(ev) {
   const vision = readVision(ev);
-  if (vision.faces !== null) state.faces = vision.faces;
+  if (vision.faces !== null) ui.faces = vision.faces;
   if (vision.faces !== null || vision.labels.length) renderCameraBadge(vision);
-  if (config.kiosk && camera.running) presence.observe(vision.faces);
-  if (ev.source === "turn") {
-    const t = turnFor(ev);
-    if (!t) return;
-    t.perception = ev;
-    if (ev.speech && typeof ev.speech.confidence === "number" && t.transcriptConfidence == null) t.transcriptConfidence = ev.speech.confidence;
-    if (ev.timings_ms) t.timings = ev.timings_ms;
-    refreshWhy(t);
+  if (presence && camera.running) presence.observe(vision.faces);
+  if (ev.source === "frame") {
+    ui.sessionFrames += 1;
+    if (kiosk) tryGreet();
   }
 }
-
-function onResponseDone(r) {
-  const t = (r.id && state.byResponse.get(r.id)) || state.active;
-  if (!t) return;
-  const status = r.status || "completed";
-  const details = r.status_details || {};
-  if (r.turn && Array.isArray(r.turn.actions) && !t.actions.length) t.actions = r.turn.actions.slice();
-  if (r.turn) t.summary = { intent: r.turn.intent, emotion: r.turn.emotion };
-  if (r.timings_ms) t.timings = { ...(t.timings || {}), ...r.timings_ms };
-  if (!t.replyText && Array.isArray(r.output)) {
-    const text = r.output.flatMap((o) => o.content || []).filter((c) => c.type === "output_text").map((c) => c.text).join("");
-    if (text) chat.setReplyText(t, text);
-  }
-  let reason = "";
-  if (status === "cancelled") reason = details.reason === "turn_detected" ? "barge-in" : "stopped";
-  if (status === "failed") reason = (details.error && details.error.message) || "The agent could not answer.";
-  chat.finishReply(t, status, reason);
-  if (status === "completed") {
-    speaker.end();
-    $("announcer").textContent = `Agent: ${t.replyText}`;
-  } else {
-    speaker.cancel();
-  }
-  if (state.active === t) state.active = null;
-  renderStop();
-  if (why.shown === t) why.show(t);
-  if (state.queuedCreate) {
-    state.queuedCreate = false;
-    conn.send({ type: "response.create" });
-  }
-}
-
-const LIMIT_CODES = new Set(["message_too_large", "frame_rate_exceeded", "audio_rate_exceeded", "audio_buffer_full", "too_many_errors", "too_many_sessions"]);
 
 function onError(e) {
-  const code = e.code || "error";
-  const msg = e.message || "";
-  switch (code) {
-    case "unauthorized":
-    case "unsupported_version":
-    case "session_replaced":
-      return; // the close that follows is rendered by the connection state
-    case "session_not_found":
-      chat.system("The earlier conversation had expired — a new one started.");
-      return;
-    case "response_cancel_not_active":
-      return; // the reply ended on its own just before the stop arrived
-    case "input_audio_buffer_commit_empty":
-      dropPttTurn();
-      showError("ptt", "Nothing was heard", "Hold the talk button while you speak, and release it when you are done.", { warn: true, timeoutMs: 6000 });
-      return;
-    case "conversation_already_has_active_response":
-      showError("busy", "Still answering", "Wait for the current reply to finish, or stop it first.", { warn: true, timeoutMs: 6000 });
-      return;
-    case "idle_timeout":
-      return; // reconnects quietly
-    default:
-      break;
-  }
-  if (LIMIT_CODES.has(code) || e.type === "rate_limit_error") {
-    showError(`limit-${code}`, "Limit exceeded", msg || code, { warn: true, timeoutMs: 10000 });
-  } else if (["responder_failed", "model_load_failed", "internal_error", "checkpoint_mismatch"].includes(code)) {
-    showError(`server-${code}`, "The agent could not answer", msg || code, { timeoutMs: 15000 });
-  } else {
-    showError(`err-${code}`, "The server reported a problem", `${msg} (${code})`, { timeoutMs: 12000 });
-  }
+  if (e.code === "session_not_found") chat.system("The earlier conversation had expired — a new one started.");
+  showServerError(e);
 }
 
 // ---- sending ----------------------------------------------------------------------------
@@ -501,43 +302,32 @@ function sendText(text) {
     showError("send", "Not connected", "The message was not sent. Wait until the page shows “Connected” and try again.", { warn: true, timeoutMs: 8000 });
     return false;
   }
-  if (config.kiosk) presence.touch();
-  const turn = newTurn("typed");
+  if (presence) presence.touch();
+  if (idle) idle.poke();
   const itemId = `item_web_${Date.now().toString(36)}${(itemSeq++).toString(36)}`;
-  turn.itemId = itemId;
-  state.byItem.set(itemId, turn);
-  chat.addUser(turn, { text, kind: "typed" });
+  dispatch({ type: "ui.send_text", text, itemId });
   chat.scrollToEnd();
-  conn.send({ type: "conversation.item.create", item: { id: itemId, type: "message", role: "user", content: [{ type: "input_text", text }] } });
-  if (state.active) {
-    // A new message while a reply streams replaces it.
-    stopReply(state.active);
-    state.queuedCreate = true;
-  } else {
-    conn.send({ type: "response.create" });
-  }
   return true;
 }
 
-function stopReply(turn) {
+function stopReply() {
   speaker.cancel();
-  if (!turn || !turn.responseId) return;
-  conn.send({ type: "response.cancel", response_id: turn.responseId });
+  dispatch({ type: "ui.stop" });
 }
 
 function sendAudio(b64) {
   if (!conn.isOpen) return;
-  if (state.mode === "ptt" && !state.pttHeld) return;
-  if (config.kiosk) {
+  if (turns.mode === "ptt" && !turns.pttHeld) return;
+  if (kiosk) {
     // A kiosk listens only while someone stands at it (not to the shop behind), and not to itself.
     if (camera.running && !presence.present) {
       // Keep the last second: a visitor may start talking just before the camera reports them.
-      state.preroll.push(b64);
-      if (state.preroll.length > PREROLL_CHUNKS) state.preroll.shift();
+      ui.preroll.push(b64);
+      if (ui.preroll.length > PREROLL_CHUNKS) ui.preroll.shift();
       return;
     }
-    if (speaker.pending > 0 && params.get("echo_guard") !== "0") return;
-    for (const chunk of state.preroll.splice(0)) conn.send({ type: "input_audio_buffer.append", audio: chunk });
+    if (speaker.pending > 0 && config.echoGuard) return;
+    for (const chunk of ui.preroll.splice(0)) conn.send({ type: "input_audio_buffer.append", audio: chunk });
   }
   conn.send({ type: "input_audio_buffer.append", audio: b64 });
 }
@@ -563,26 +353,29 @@ function renderMic() {
   const b = $("mic-toggle");
   b.setAttribute("aria-pressed", String(on));
   b.textContent = on ? "Turn microphone off" : "Turn microphone on";
-  const ptt = state.mode === "ptt";
+  const ptt = turns.mode === "ptt";
   $("ptt").hidden = !ptt;
   $("ptt-help").hidden = !ptt;
   $("mic-status").textContent = !on
     ? "Off."
     : ptt
-      ? `On — hold “Hold to talk” while speaking. Sending ${state.rate / 1000} kHz audio while held.`
-      : `On — just talk; the agent answers when you pause. Sending ${state.rate / 1000} kHz audio.`;
+      ? `On — hold “Hold to talk” while speaking. Sending ${ui.rate / 1000} kHz audio while held.`
+      : `On — just talk; the agent answers when you pause. Sending ${ui.rate / 1000} kHz audio.`;
 }
 
 async function startMic() {
   clearError("mic");
   try {
     if (!navigator.mediaDevices) throw new Error("no mediaDevices");
-    await mic.start(state.rate, { sending: state.mode === "handsfree" || state.pttHeld });
+    await mic.start(ui.rate, { sending: turns.mode === "handsfree" || turns.pttHeld });
+    ui.micFailed = false;
   } catch (err) {
     const [title, detail] = deviceError("mic", err);
     showError("mic", title, detail);
+    ui.micFailed = true;
   }
   renderMic();
+  render();
 }
 
 async function stopMic() {
@@ -597,6 +390,7 @@ function renderCamera() {
   b.textContent = on ? "Turn camera off" : "Turn camera on";
   $("preview").classList.toggle("on", on);
   $("cam-badge").hidden = !on;
+  $("cam-collapse").hidden = !on;
   $("cam-caption").textContent = on
     ? `Sending ${config.fps} frame${config.fps === 1 ? "" : "s"} per second, ${config.width} px wide.`
     : `Frames are sent to the agent at ${config.fps} per second, ${config.width} px wide, only while the camera is on.`;
@@ -610,7 +404,7 @@ async function startCamera() {
   } catch (err) {
     const [title, detail] = deviceError("cam", err);
     showError("cam", title, detail);
-    if (config.kiosk) $("attract").hidden = true; // without a camera, presence cannot be known
+    if (kiosk) kiosk.hideAttract(); // without a camera, presence cannot be known
   }
   renderCamera();
 }
@@ -620,93 +414,235 @@ function stopCamera() {
   renderCamera();
 }
 
-function renderCameraBadge({ labels, faces }) {
+function renderCameraBadge(vision) {
   const badge = $("cam-badge");
   badge.textContent = "";
   if (!camera.running) return;
+  const { faces } = vision;
   if (faces !== null) {
     const s = document.createElement("span");
     s.textContent = faces === 0 ? "no one in view" : faces === 1 ? "1 person" : `${faces} people`;
     badge.append(s);
   }
-  for (const l of labels.slice(0, 2)) {
+  for (const l of objectLabels(vision).slice(0, 2)) {
     const s = document.createElement("span");
+    s.className = "label";
     s.textContent = l.label;
     badge.append(s);
   }
 }
 
 async function pttDown() {
-  if (state.pttHeld) return;
-  state.pttHeld = true;
+  if (turns.pttHeld) return;
   $("ptt").classList.add("active");
   $("ptt").textContent = "Listening… release to send";
-  if (state.active) stopReply(state.active); // barge-in
   speaker.cancel();
+  dispatch({ type: "ui.ptt_down" }); // cancels a streaming reply (barge-in)
   if (!mic.running) await startMic();
-  if (!state.pttHeld) return;
-  state.pttTurn = newTurn("speech");
-  chat.addUser(state.pttTurn, { text: "Listening…", kind: "speech", pending: true });
+  if (!turns.pttHeld) return;
   await mic.setSending(true);
 }
 
 async function pttUp() {
-  if (!state.pttHeld) return;
+  if (!turns.pttHeld) return;
   $("ptt").classList.remove("active");
   $("ptt").textContent = "Hold to talk";
   await mic.setSending(false); // flushes the last partial chunk first
-  state.pttHeld = false;
-  const t = state.pttTurn;
-  if (t && t.userEl) t.userEl.querySelector(".bubble").textContent = "Transcribing…";
-  conn.send({ type: "input_audio_buffer.commit" });
-}
-
-/** A push-to-talk press that carried no audio: its placeholder line goes away. */
-function dropPttTurn() {
-  const t = state.pttTurn;
-  state.pttTurn = null;
-  if (!t || t.itemId) return;
-  if (t.userEl) t.userEl.remove();
-  state.turns = state.turns.filter((x) => x !== t);
+  dispatch({ type: "ui.ptt_up" }); // commits the held audio
 }
 
 function setMode(mode) {
-  if (mode === state.mode) return;
-  state.mode = mode;
-  if (mode === "ptt") conn.send({ type: "input_audio_buffer.clear" });
-  sessionUpdate();
+  if (mode === turns.mode) return;
+  dispatch({ type: "ui.mode", mode });
   if (mic.running) mic.setSending(mode === "handsfree");
   renderMic();
 }
 
-// ---- kiosk ------------------------------------------------------------------------------
+// ---- Why panel --------------------------------------------------------------------------
 
-function personLeft() {
-  kioskScreen.showAttract();
-  speaker.cancel();
-  if (state.active) stopReply(state.active);
-  if (state.turns.length) freshConversation();
+const narrow = window.matchMedia("(max-width: 68rem)");
+
+/** Show turn n in the Why panel where the person can see it (a sheet over the page on a phone). */
+function openWhy(n) {
+  dispatch({ type: "ui.select_why", n });
+  const panel = $("why");
+  const title = $("why-title");
+  title.setAttribute("tabindex", "-1");
+  if (narrow.matches && !kiosk) {
+    panel.classList.add("open");
+    document.body.classList.add("sheet-open");
+  } else {
+    panel.scrollIntoView({ block: "nearest" });
+  }
+  title.focus({ preventScroll: narrow.matches });
 }
 
-/** Kiosk: the next visitor gets a new conversation, not the last one's history. */
-function freshConversation() {
-  state.turns = [];
-  state.byItem.clear();
-  state.byResponse.clear();
-  state.active = null;
-  state.queuedCreate = false;
+function closeWhy() {
+  $("why").classList.remove("open");
+  document.body.classList.remove("sheet-open");
+}
+
+// ---- kiosk ------------------------------------------------------------------------------
+
+function setupKiosk() {
+  document.documentElement.classList.add("kiosk");
+  document.body.classList.add("kiosk");
+  // The customer's screen; the developer's controls go into the staff view.
+  const staff = $("staff");
+  staff.append(document.querySelector(".topbar"), $("errors"), $("token-form"), $("media"), $("why"));
+  $("main").hidden = true;
+  kiosk = new KioskView({
+    onTalk: kioskTalk,
+    onSend: sendText,
+    onStop: stopReply,
+    onRestart: () => freshConversation({ greet: true }),
+    onDismiss: (n) => dispatch({ type: "ui.dismiss_screen", n }),
+    onActivity: () => {
+      if (presence && !kiosk.attractShown) presence.touch();
+      if (idle) idle.poke();
+    },
+  });
+  kiosk.show();
+  presence = new Presence({ absentMs: config.absentMs, onChange: (present) => (present ? arrive() : leave("absent")) });
+  idle = new IdleTimer({ ms: config.idleMs, onIdle: () => leave("idle"), busy: () => turns.active !== null || speaker.pending > 0 });
+  fetch("/pack/kiosk.json", { cache: "no-store" })
+    .then((r) => (r.ok ? r.json() : null))
+    .then((p) => {
+      if (p) {
+        kiosk.setPack(p);
+        render();
+      }
+    })
+    .catch(() => {});
+  const fs = $("kiosk-fullscreen");
+  fs.hidden = false;
+  fs.addEventListener("click", enterFullscreen);
+  const firstGesture = () => {
+    enterFullscreen();
+    window.removeEventListener("pointerdown", firstGesture);
+  };
+  window.addEventListener("pointerdown", firstGesture);
+  $("attract").addEventListener("pointerdown", () => presence.touch());
+  window.addEventListener("keydown", (e) => {
+    if (e.ctrlKey && e.shiftKey && (e.key === "S" || e.key === "s")) {
+      e.preventDefault();
+      setStaff($("staff").hidden);
+    } else if (kiosk.attractShown && !e.ctrlKey && !e.altKey) {
+      presence.touch();
+    } else if (e.key.length === 1 && !e.ctrlKey && !e.altKey && !e.metaKey && $("k-typer").hidden
+               && $("staff").hidden) {
+      kiosk.openTyper(); // a keyboard plugged into the kiosk types straight into the question
+    }
+  });
+  $("staff-close").addEventListener("click", () => setStaff(false));
+  setStaff(config.staff);
+  kiosk.showAttract();
+}
+
+function setStaff(on) {
+  $("staff").hidden = !on;
+  document.body.classList.toggle("staff-open", on);
+}
+
+/** Talk: during a reply it stops the kiosk to listen; otherwise it makes sure the microphone is on. */
+function kioskTalk() {
+  if (turns.active !== null || speaker.pending > 0) stopReply();
+  if (!mic.running) startMic();
+  if (idle) idle.poke();
+  // The kiosk listens all the time someone is there; a tap on Talk gets a word of encouragement.
+  ui.talkHintUntil = Date.now() + 4000;
+  render();
+  setTimeout(render, 4100);
+}
+
+/** Someone stepped up (a face, a touch): the attract screen goes, the pack's greeting comes. */
+function arrive() {
+  kiosk.hideAttract();
+  idle.start();
+  ui.greetPending = true;
+  tryGreet();
+}
+
+function tryGreet() {
+  // The greeting is the agent's reply to a turn without words (the camera frame of the person
+  // who arrived): the pack's greeting message. If the agent has nothing to say to it, or there
+  // is no camera, the page shows the pack's greeting from /pack/kiosk.json (turns.js ui.greet).
+  if (!ui.greetPending || !ui.sessionReady || kiosk.attractShown) return;
+  if (camera.running && !ui.sessionFrames) return; // the new session has no frame yet: next presence update
+  ui.greetPending = false;
+  const fallback = (kiosk.pack && kiosk.pack.greeting) || null;
+  dispatch({ type: "ui.greet", ask: camera.running, fallback });
+  speakLocal(turns.turns[turns.turns.length - 1]);
+}
+
+/** A line the page wrote itself (the pack's greeting) is spoken like a streamed reply. */
+function speakLocal(t) {
+  if (t && t.local && t.reply && t.reply.text) {
+    speaker.feed(t.reply.text);
+    speaker.end();
+  }
+}
+
+/** Nobody in view (absent) or nothing happened for idle_s (idle): attract screen, session ends. */
+function leave(reason) {
+  kiosk.showAttract();
+  speaker.cancel();
+  if (turns.active !== null) dispatch({ type: "ui.stop" });
+  idle.stop();
+  ui.greetPending = false;
+  // After an idle timeout the person may still stand there: a new conversation begins only
+  // after the view was empty, or with a touch.
+  if (reason === "idle") presence.reset({ waitForEmpty: true });
+  if (turns.turns.length) freshConversation({ greet: false });
+}
+
+/** The next visitor gets a new session, not the last one's history. */
+function freshConversation({ greet }) {
+  speaker.cancel();
+  dispatch({ type: "ui.reset" });
   chat.clear();
+  if (kiosk) kiosk.clear();
   why.clear();
-  renderStop();
   try {
     sessionStorage.removeItem("mmagent.session");
   } catch {
     /* storage may be off */
   }
+  ui.greetPending = greet;
+  ui.quietReconnect = true;
+  ui.sessionReady = false;
   conn.sessionId = null;
-  state.quietReconnect = true;
   conn.attempt = 0;
   conn.connect();
+}
+
+function renderStaffStatus() {
+  const dl = $("staff-status");
+  const rows = [
+    ["Connection", $("conn-text").textContent],
+    ["Session", (ui.session && ui.session.id) || "—"],
+    ["Pack", (ui.session && ui.session.pack && ui.session.pack.name) || "—"],
+    ["Presence", !presence ? "—" : presence.waitForEmpty ? "waiting for an empty view" : presence.present ? "someone at the kiosk" : "nobody"],
+    ["Faces", ui.faces === null ? "—" : String(ui.faces)],
+    ["State", T.phase(turns)],
+    ["Idle after", `${Math.round(config.idleMs / 1000)} s; nobody in view after ${(config.absentMs / 1000).toFixed(1)} s`],
+  ];
+  const html = rows.map(([k]) => k).join("|");
+  if (dl.dataset.keys !== html) {
+    dl.textContent = "";
+    for (const [k] of rows) {
+      const d = document.createElement("div");
+      const dt = document.createElement("dt");
+      dt.textContent = k;
+      d.append(dt, document.createElement("dd"));
+      dl.append(d);
+    }
+    dl.dataset.keys = html;
+  }
+  rows.forEach(([, v], i) => {
+    const dd = dl.children[i].querySelector("dd");
+    if (dd.textContent !== v) dd.textContent = v;
+  });
 }
 
 // ---- wiring -----------------------------------------------------------------------------
@@ -734,15 +670,25 @@ function wire() {
     }
   });
   input.addEventListener("input", () => autoGrow(input));
-  $("stop").addEventListener("click", () => stopReply(state.active));
+  $("stop").addEventListener("click", () => stopReply());
   document.addEventListener("keydown", (e) => {
-    if (e.key === "Escape" && state.active) {
+    if (e.key === "Escape" && $("why").classList.contains("open")) {
+      closeWhy();
+    } else if (e.key === "Escape" && turns.active !== null) {
       e.preventDefault();
-      stopReply(state.active);
+      stopReply();
     }
   });
+  $("why-close").addEventListener("click", closeWhy);
 
   $("cam-toggle").addEventListener("click", () => (camera.running ? stopCamera() : startCamera()));
+  $("cam-collapse").addEventListener("click", () => {
+    const b = $("cam-collapse");
+    const open = b.getAttribute("aria-expanded") !== "true";
+    b.setAttribute("aria-expanded", String(open));
+    b.textContent = open ? "Hide preview" : "Show preview";
+    $("preview").classList.toggle("collapsed", !open);
+  });
   $("mic-toggle").addEventListener("click", () => (mic.running ? stopMic() : startMic()));
   document.querySelectorAll('input[name="mic-mode"]').forEach((r) => r.addEventListener("change", () => r.checked && setMode(r.value)));
 
@@ -787,23 +733,7 @@ function wire() {
     conn.connect(token);
   });
 
-  if (config.kiosk) {
-    document.documentElement.classList.add("kiosk");
-    document.body.classList.add("kiosk");
-    const fs = $("kiosk-fullscreen");
-    fs.hidden = false;
-    fs.addEventListener("click", enterFullscreen);
-    const firstGesture = () => {
-      enterFullscreen();
-      window.removeEventListener("pointerdown", firstGesture);
-    };
-    window.addEventListener("pointerdown", firstGesture);
-    $("attract").addEventListener("pointerdown", () => presence.touch());
-    window.addEventListener("keydown", () => {
-      if (!$("attract").hidden) presence.touch();
-    });
-    kioskScreen.showAttract();
-  }
+  if (config.kiosk) setupKiosk();
 }
 
 function start() {
@@ -829,14 +759,31 @@ function start() {
     }
   }
   try {
-    conn.sessionId = sessionStorage.getItem("mmagent.session");
+    // A kiosk never resumes the previous visitor's conversation after a reload.
+    conn.sessionId = config.kiosk ? null : sessionStorage.getItem("mmagent.session");
   } catch {
     conn.sessionId = null;
   }
   conn.connect(token || "");
+  render();
 }
 
 start();
 
-// For tests and debugging in the console.
-window.mmagent = { state, conn, mic, camera, speaker, presence, config };
+// For tests and debugging in the console: `state` is the page's own (event counts, faces),
+// `turns` the reducer's.
+window.mmagent = {
+  state: ui,
+  get turns() {
+    return turns;
+  },
+  dispatch,
+  conn,
+  mic,
+  camera,
+  speaker,
+  config,
+  get presence() {
+    return presence;
+  },
+};

@@ -1,4 +1,8 @@
-// The conversation log: the person's lines (typed or transcribed), streamed replies, stop buttons.
+// The conversation log, rendered from the turn state (turns.js): the person's lines (typed or
+// transcribed), streamed replies with their Stop and Why buttons, action chips. render(state) can
+// be called after every event: only turns whose object changed are touched.
+
+import { visibleTurns } from "./turns.js";
 
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -13,6 +17,22 @@ function clock() {
   return new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+/** What the person's line says, by its status. */
+export function userText(user) {
+  switch (user.status) {
+    case "listening": return "Listening…";
+    case "transcribing": return "Transcribing…";
+    case "lost": return "(connection lost before this was heard)";
+    case "heard": return user.text || "(no words recognised)";
+    default: return user.text;
+  }
+}
+
+export function humanise(name) {
+  return String(name || "").replace(/_/g, " ");
+}
+
+/** The developer page's log. */
 export class ChatLog {
   /**
    * @param {HTMLElement} log  the scrolling role="log" container
@@ -23,29 +43,36 @@ export class ChatLog {
     this.hooks = hooks;
     this.empty = log.querySelector("#empty");
     this.emptyTemplate = this.empty ? this.empty.cloneNode(true) : null;
+    this.views = new Map(); // turn n -> {turn, box, userEl, replyEl}
+    this.selected = null;
   }
 
   nearBottom() {
     return this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 80;
   }
 
-  /** Append a node, keeping the view pinned to the newest line unless the person scrolled up. */
-  append(node) {
-    const stick = this.nearBottom();
-    if (this.empty) {
-      this.empty.remove();
-      this.empty = null;
-    }
-    this.log.appendChild(node);
-    if (stick) this.scrollToEnd();
-  }
-
   scrollToEnd() {
     this.log.scrollTop = this.log.scrollHeight;
   }
 
-  /** Empty the log (a kiosk's next visitor starts fresh). */
+  system(text) {
+    const stick = this.nearBottom();
+    this.hideEmpty();
+    this.log.append(el("div", "msg system", text));
+    if (stick) this.scrollToEnd();
+  }
+
+  hideEmpty() {
+    if (this.empty) {
+      this.empty.remove();
+      this.empty = null;
+    }
+  }
+
+  /** Empty the log, system lines too (a fresh conversation), and show the empty hint again. */
   clear() {
+    this.views.clear();
+    this.selected = null;
     this.log.textContent = "";
     if (this.emptyTemplate) {
       this.empty = this.emptyTemplate.cloneNode(true);
@@ -53,115 +80,126 @@ export class ChatLog {
     }
   }
 
-  system(text) {
-    const m = el("div", "msg system", text);
-    this.append(m);
-    return m;
+  /** Bring the DOM in line with the state's turns. */
+  render(state) {
+    const stick = this.nearBottom();
+    const turns = visibleTurns(state);
+    const keep = new Set(turns.map((t) => t.n));
+    for (const [n, v] of this.views) {
+      if (!keep.has(n)) {
+        v.box.remove();
+        this.views.delete(n);
+      }
+    }
+    let grew = false;
+    for (const t of turns) {
+      let v = this.views.get(t.n);
+      if (!v) {
+        this.hideEmpty();
+        // display: contents — the turn's lines sit in the log's flex column as before.
+        v = { turn: null, box: el("div", "turn"), userEl: null, replyEl: null, userTime: clock(), replyTime: null };
+        v.box.dataset.turn = String(t.n);
+        this.log.append(v.box);
+        this.views.set(t.n, v);
+        grew = true;
+      }
+      if (v.turn !== t) {
+        grew = this.update(v, t) || grew;
+        v.turn = t;
+      }
+    }
+    this.markSelected(state.why);
+    if (stick && grew) this.scrollToEnd();
   }
 
-  /** The person's line. kind: "typed" | "speech". Returns handles to update it later. */
-  addUser(turn, { text = "", kind = "typed", imageUrl = null, pending = false } = {}) {
-    const m = el("div", "msg me" + (pending ? " pending" : ""));
-    m.dataset.turn = String(turn.n);
-    m.dataset.kind = kind;
-    const bubble = el("div", "bubble user-text", text);
-    if (imageUrl) {
-      const img = el("img");
-      img.src = imageUrl;
-      img.alt = "Camera frame sent with this message";
-      bubble.appendChild(img);
+  update(v, t) {
+    let grew = false;
+    if (t.user) {
+      if (!v.userEl) {
+        v.userEl = this.userLine(t);
+        v.box.prepend(v.userEl);
+        grew = true;
+      }
+      const pending = t.user.status === "listening" || t.user.status === "transcribing";
+      v.userEl.classList.toggle("pending", pending);
+      v.userEl.classList.toggle("transcript", t.kind === "speech" && !pending);
+      v.userEl.querySelector(".bubble").textContent = userText(t.user);
     }
+    if (t.reply) {
+      if (!v.replyEl) {
+        v.replyTime = clock();
+        v.replyEl = this.replyLine(t, v.replyTime);
+        v.box.append(v.replyEl);
+        grew = true;
+      }
+      this.updateReply(v.replyEl, t);
+    }
+    return grew;
+  }
+
+  userLine(t) {
+    const m = el("div", "msg me");
+    m.dataset.turn = String(t.n);
+    m.dataset.kind = t.kind;
     const meta = el("div", "meta");
     const who = el("span", "kind");
-    if (kind === "speech") who.innerHTML = MIC_ICON;
-    who.append(kind === "speech" ? "You said" : "You");
+    if (t.kind === "speech") who.innerHTML = MIC_ICON;
+    who.append(t.kind === "speech" ? "You said" : "You");
     meta.append(who, el("span", "", clock()));
-    m.append(bubble, meta);
-    this.append(m);
-    turn.userEl = m;
+    m.append(el("div", "bubble user-text"), meta);
     return m;
   }
 
-  /** Fill in (or create) the transcript line of a spoken turn. */
-  setTranscript(turn, text) {
-    if (!turn.userEl) this.addUser(turn, { kind: "speech", pending: true });
-    const m = turn.userEl;
-    const stick = this.nearBottom();
-    m.classList.remove("pending");
-    const bubble = m.querySelector(".bubble");
-    bubble.textContent = text && text.trim() ? text.trim() : "(no words recognised)";
-    m.classList.add("transcript");
-    if (stick) this.scrollToEnd();
-  }
-
-  /** A reply bubble that text streams into. */
-  addReply(turn) {
+  replyLine(t, time) {
     const m = el("div", "msg bot streaming");
-    m.dataset.turn = String(turn.n);
-    const bubble = el("div", "bubble reply-text");
+    m.dataset.turn = String(t.n);
     const meta = el("div", "meta");
-    const who = el("span", "kind", "Agent");
-    const time = el("span", "", clock());
-    const note = el("span", "status-note");
     const stop = el("button", "btn small danger stop-reply", "Stop");
     stop.type = "button";
-    stop.setAttribute("aria-label", `Stop reply ${turn.n}`);
-    stop.addEventListener("click", () => this.hooks.onStop(turn));
+    stop.setAttribute("aria-label", `Stop reply ${t.n}`);
+    stop.addEventListener("click", () => this.hooks.onStop(t.n));
     const why = el("button", "btn small why-btn", "Why?");
     why.type = "button";
-    why.setAttribute("aria-label", `Why this reply (turn ${turn.n})`);
-    why.addEventListener("click", () => this.hooks.onWhy(turn));
-    const actions = el("span", "reply-actions");
-    meta.append(who, time, note, actions, stop, why);
-    m.append(bubble, meta);
-    this.append(m);
-    turn.replyEl = m;
-    turn.replyText = "";
+    why.setAttribute("aria-label", `Why this reply (turn ${t.n})`);
+    why.addEventListener("click", () => this.hooks.onWhy(t.n));
+    meta.append(el("span", "kind", "Agent"), el("span", "", time), el("span", "status-note"),
+      el("span", "reply-actions"), stop, why);
+    m.append(el("div", "bubble reply-text"), meta);
     return m;
   }
 
-  appendDelta(turn, delta) {
-    if (!turn.replyEl) this.addReply(turn);
-    const stick = this.nearBottom();
-    turn.replyText += delta;
-    turn.replyEl.querySelector(".bubble").textContent = turn.replyText;
-    if (stick) this.scrollToEnd();
-  }
-
-  setReplyText(turn, text) {
-    if (!turn.replyEl) this.addReply(turn);
-    turn.replyText = text;
-    turn.replyEl.querySelector(".bubble").textContent = text;
-  }
-
-  addAction(turn, label, rejected = false) {
-    if (!turn.replyEl) this.addReply(turn);
-    const chip = el("span", "action-chip" + (rejected ? " rejected" : ""), label);
-    turn.replyEl.querySelector(".reply-actions").appendChild(chip);
-  }
-
-  /** status: "completed" | "cancelled" | "failed" | "incomplete"; reason: e.g. "barge-in". */
-  finishReply(turn, status, reason = "") {
-    if (!turn.replyEl) this.addReply(turn);
-    const m = turn.replyEl;
-    m.classList.remove("streaming");
-    m.dataset.status = status;
+  updateReply(m, t) {
+    const r = t.reply;
+    const bubble = m.querySelector(".bubble");
+    const streaming = r.status === "streaming";
+    m.classList.toggle("streaming", streaming);
+    if (!streaming) m.dataset.status = r.status;
+    m.classList.toggle("cancelled", r.status === "cancelled");
+    m.classList.toggle("failed", r.status === "failed" || r.status === "incomplete");
     const stop = m.querySelector(".stop-reply");
-    if (stop) stop.remove();
+    if (stop && !streaming) stop.remove();
     const note = m.querySelector(".status-note");
-    if (status === "cancelled") {
-      m.classList.add("cancelled");
-      note.textContent = reason === "barge-in" ? "Interrupted — you started talking" : "Stopped";
-      if (!turn.replyText) m.querySelector(".bubble").textContent = "…";
-    } else if (status === "failed" || status === "incomplete") {
-      m.classList.add("failed");
-      note.textContent = status === "failed" ? "Failed" : "Cut short";
-      if (!turn.replyText) m.querySelector(".bubble").textContent = reason || "No reply could be produced.";
+    let text = r.text;
+    if (r.status === "cancelled") {
+      note.textContent = r.reason === "barge-in" ? "Interrupted — you started talking" : "Stopped";
+      if (!text) text = "…";
+    } else if (r.status === "failed" || r.status === "incomplete") {
+      note.textContent = r.status === "failed" ? "Failed" : "Cut short";
+      if (!text) text = r.reason || "No reply could be produced.";
+    }
+    bubble.textContent = text;
+    const chips = m.querySelector(".reply-actions");
+    if (chips.childElementCount !== t.actions.length) {
+      chips.textContent = "";
+      for (const a of t.actions) chips.append(el("span", "action-chip", humanise(a.name)));
     }
   }
 
-  markSelected(turn) {
-    this.log.querySelectorAll(".msg.bot.selected").forEach((n) => n.classList.remove("selected"));
-    if (turn && turn.replyEl) turn.replyEl.classList.add("selected");
+  markSelected(n) {
+    if (n === this.selected) return;
+    this.selected = n;
+    this.log.querySelectorAll(".msg.bot.selected").forEach((x) => x.classList.remove("selected"));
+    const v = this.views.get(n);
+    if (v && v.replyEl) v.replyEl.classList.add("selected");
   }
 }

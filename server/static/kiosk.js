@@ -1,6 +1,5 @@
-// Kiosk mode: attract screen while nobody is present, a greeting on arrival, spoken replies.
-
-const $ = (id) => document.getElementById(id);
+// Kiosk behaviour without DOM: who is at the kiosk (Presence), how long nothing has happened
+// (IdleTimer), and the browser's voice for replies (Speaker). The screen is kiosk-view.js.
 
 /** Presence from the server's face counts, with hysteresis so a blink does not flip the screen. */
 export class Presence {
@@ -15,11 +14,20 @@ export class Presence {
     this.present = false;
     this.lastSeen = 0;
     this.timer = null;
+    this.waitForEmpty = false; // after an idle timeout: the person still in view is not a new arrival
+    this.emptySince = null;
   }
 
   /** A face count from the server; null means the event carried no face information. */
   observe(count) {
     if (count === null || count === undefined) return;
+    if (this.waitForEmpty) {
+      // Re-arm only once nobody has been seen for a while (one missed detection is not enough).
+      if (count > 0) this.emptySince = null;
+      else if (this.emptySince === null) this.emptySince = Date.now();
+      else if (Date.now() - this.emptySince >= Math.min(this.absentMs, 3000)) this.waitForEmpty = false;
+      return;
+    }
     if (count > 0) {
       this.lastSeen = Date.now();
       this.arm();
@@ -31,9 +39,19 @@ export class Presence {
 
   /** Someone is clearly there (typed, touched, talked) even if the camera cannot see them. */
   touch() {
+    this.waitForEmpty = false;
     this.lastSeen = Date.now();
     this.arm();
     if (!this.present) this.set(true);
+  }
+
+  /** Nobody present from now on; with waitForEmpty, faces count again only after an empty view. */
+  reset({ waitForEmpty = false } = {}) {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.present = false;
+    this.waitForEmpty = waitForEmpty;
+    this.emptySince = null;
   }
 
   arm() {
@@ -52,13 +70,54 @@ export class Presence {
   }
 }
 
-/** Speaks replies sentence by sentence while they stream, so speech starts before the reply ends. */
+/** Calls onIdle once nothing has happened for `ms` (poke() on every sign of use), unless busy(). */
+export class IdleTimer {
+  constructor({ ms, onIdle, busy = () => false }) {
+    this.ms = ms;
+    this.onIdle = onIdle;
+    this.busy = busy;
+    this.last = Date.now();
+    this.timer = null;
+  }
+
+  start() {
+    this.poke();
+    if (!this.timer) this.timer = setInterval(() => this.check(), Math.min(1000, this.ms / 4));
+  }
+
+  stop() {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  poke() {
+    this.last = Date.now();
+  }
+
+  check() {
+    if (this.busy()) {
+      this.poke(); // a reply that is still streaming or being spoken is not idleness
+      return;
+    }
+    if (Date.now() - this.last >= this.ms) {
+      this.stop();
+      this.onIdle();
+    }
+  }
+}
+
+/**
+ * Speaks replies sentence by sentence while they stream, so speech starts before the reply ends.
+ * The browser's speechSynthesis: the fallback once the server sends audio (issue 13), which a
+ * player of response.output_audio.delta plays instead, reporting playback the same way.
+ */
 export class Speaker {
-  constructor() {
+  /** @param {(speaking: boolean) => void} onSpeaking  true when the first sentence starts, false when all ended */
+  constructor({ onSpeaking = () => {} } = {}) {
     this.enabled = false;
     this.buffer = "";
     this.available = typeof window.speechSynthesis !== "undefined";
-    this.onSpeaking = () => {};
+    this.onSpeaking = onSpeaking;
     this.pending = 0;
   }
 
@@ -87,7 +146,7 @@ export class Speaker {
     const u = new SpeechSynthesisUtterance(text.trim());
     u.lang = document.documentElement.lang || "en";
     this.pending += 1;
-    this.onSpeaking(true);
+    if (this.pending === 1) this.onSpeaking(true);
     let finished = false;
     const done = () => {
       if (finished) return;
@@ -114,39 +173,11 @@ export class Speaker {
   }
 }
 
-export class KioskScreen {
-  constructor({ greetingText, onArrive }) {
-    this.attract = $("attract");
-    this.greeting = $("greeting");
-    this.greetingText = greetingText;
-    this.onArrive = onArrive;
-    this.greetTimer = null;
-  }
-
-  showAttract() {
-    this.attract.hidden = false;
-    this.greeting.hidden = true;
-    document.body.dataset.presence = "absent";
-  }
-
-  arrive() {
-    const wasAttract = !this.attract.hidden;
-    this.attract.hidden = true;
-    document.body.dataset.presence = "present";
-    if (!wasAttract) return;
-    this.greeting.textContent = this.greetingText;
-    this.greeting.hidden = false;
-    if (this.greetTimer) clearTimeout(this.greetTimer);
-    this.greetTimer = setTimeout(() => (this.greeting.hidden = true), 5000);
-    this.onArrive(this.greetingText);
-  }
-}
-
 export async function enterFullscreen() {
   if (document.fullscreenElement || !document.documentElement.requestFullscreen) return;
   try {
     await document.documentElement.requestFullscreen({ navigationUI: "hide" });
   } catch {
-    /* needs a user gesture; the Full screen button is there for that */
+    /* needs a user gesture; the first touch is one */
   }
 }

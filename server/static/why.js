@@ -50,6 +50,14 @@ export function readVision(p) {
   return { labels, faces: count };
 }
 
+/**
+ * The object labels the page may show. ImageNet has no class for a person, so with a face in
+ * view its labels describe the person ("bobsled", "football helmet"): none are shown then.
+ */
+export function objectLabels(vision) {
+  return vision.faces ? [] : vision.labels;
+}
+
 export class WhyPanel {
   constructor() {
     this.turnLabel = $("why-turn");
@@ -132,7 +140,9 @@ export class WhyPanel {
   renderVision(p) {
     const box = $("why-vision");
     box.textContent = "";
-    const { labels, faces } = readVision(p);
+    const vision = readVision(p);
+    const { faces } = vision;
+    const labels = objectLabels(vision);
     if (faces !== null) {
       const c = document.createElement("span");
       c.className = "chip face";
@@ -144,6 +154,12 @@ export class WhyPanel {
       c.className = "chip label";
       c.textContent = humanise(l.label) + (typeof l.score === "number" ? ` ${pct(l.score)}` : "");
       box.append(c);
+    }
+    if (faces && vision.labels.length) {
+      const s = document.createElement("span");
+      s.className = "caption";
+      s.textContent = "Object labels are not shown while a person is in view.";
+      box.append(s);
     }
     if (!box.childElementCount) {
       const s = document.createElement("span");
