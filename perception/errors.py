@@ -6,8 +6,12 @@ Each layer adds its own subclasses in its own ``errors`` module, always below th
 
     MMAgentError                      code "internal_error"
     ├── ConfigError                   "invalid_config"        bad configuration value or file
+    │   ├── voice.errors.VoiceNotFoundError    "voice_not_found"    no Piper voice at that path
+    │   └── voice.errors.UnsupportedRateError  "unsupported_rate"   an output rate voice/ cannot produce
     ├── ModelLoadError                "model_load_failed"     a model or checkpoint cannot be loaded
-    │   └── fusion.errors.CheckpointError  "checkpoint_mismatch"
+    │   ├── fusion.errors.CheckpointError  "checkpoint_mismatch"
+    │   ├── voice.errors.InvalidVoiceError "invalid_voice"    not an ONNX Piper voice, or a bad voice JSON
+    │   └── voice.errors.PhonemizerError   "phonemizer_failed" espeak-ng missing or failing
     ├── InputError                    "invalid_input"         caller-supplied data is unusable
     │   ├── InvalidImageError         "invalid_image"         undecodable / wrong dtype / wrong channels
     │   ├── ImageTooLargeError        "image_too_large"       over the pixel or byte limit

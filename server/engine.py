@@ -182,7 +182,7 @@ class LocalEngine:
 
         t0 = time.perf_counter()
         with loading("perception: text, speech and vision encoders") as step:
-            perception = Perception(self.config.perception_config())
+            perception = Perception(self._perception_config())
             step.detail(", ".join(f"{k} {v:.1f} s" for k, v in perception.warmup().items()) + ", in parallel")
         fusion: Any = None
         try:
@@ -201,6 +201,20 @@ class LocalEngine:
             agent.warmup()
         log.info("models loaded in %.1f s", time.perf_counter() - t0)
         return perception, fusion, agent
+
+    def _perception_config(self) -> Any:
+        """The configured perception, its recogniser biased towards the pack's vocabulary unless
+        ``perception.speech_vocabulary`` is set (an empty list there turns the biasing off)."""
+        import dataclasses
+
+        from agent.pack import load_pack
+        from agent.vocabulary import pack_vocabulary
+
+        config = self.config.perception_config()
+        if "speech_vocabulary" in self.config.perception:
+            return config
+        terms = tuple(pack_vocabulary(load_pack(self.config.pack)))
+        return dataclasses.replace(config, speech_vocabulary=terms)
 
     def _agent_config(self) -> Any:
         from pathlib import Path

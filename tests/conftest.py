@@ -104,3 +104,22 @@ def local_llm() -> Iterator[object]:
     yield llm
 
 # ---- end agent fixtures --------------------------------------------------------------------
+
+# ---- voice fixtures ------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tts() -> Iterator[object]:
+    """The embedded Piper voice (en_US-joe-medium) with its synthesis thread, loaded once."""
+    from voice import Synthesizer, VoiceConfig
+
+    synth = Synthesizer(VoiceConfig())
+    yield synth
+    synth.close()
+
+
+def piper_speech(tts: object, text: str, sample_rate: int = 16000) -> np.ndarray:
+    """``text`` spoken by the Piper voice: mono float32 at ``sample_rate``."""
+    audio, _ = tts.synthesize(text, output_rate=sample_rate)  # type: ignore[attr-defined]
+    return np.asarray(audio, dtype=np.float32) / 32768.0
+
+# ---- end voice fixtures --------------------------------------------------------------------

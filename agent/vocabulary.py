@@ -1,0 +1,54 @@
+"""A pack's vocabulary for the speech recogniser: the words its customers will say.
+
+Product names, entry titles, keywords and aliases (where the pack has them) bias Whisper's
+decoding (``PerceptionConfig.speech_vocabulary``), so "service desk" is heard as "service desk"
+and not "sewing vistes". Read with ``getattr``: older packs have no aliases.
+
+>>> from agent.pack import load_pack
+>>> "service desk" in pack_vocabulary(load_pack())
+True
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# Parenthesised details and sizes are not said aloud ("Whole milk, 1 litre" → "Whole milk").
+_DETAIL = re.compile(r"\s*(\([^)]*\)|,.*)$")
+_LOCATION = re.compile(r"\s+(location|policy)$", re.IGNORECASE)
+
+
+def _spoken(term: str, heading: bool = False) -> str:
+    """As said mid-sentence: details dropped, a heading's capital lowered ("Whole milk" → "whole
+    milk"; "AA batteries" and "USB-C" keep theirs). Whisper copies the prompt's spelling, so "the
+    Ground coffee" would otherwise come back capitalised. A one-word name ("Visa") may be a brand
+    and keeps its capital; entry titles are headings and never are."""
+    words = _DETAIL.sub("", term).split()
+    if words and (heading or len(words) > 1) and words[0][:1].isupper() and words[0][1:].islower():
+        words[0] = words[0].lower()
+    return " ".join(words)
+
+
+def pack_vocabulary(pack: Any) -> list[str]:
+    """Terms of ``pack`` for the recogniser, most specific first, without duplicates.
+
+    Order: product names, then aliases, then entry titles (a trailing "location" or "policy"
+    dropped: people say "service desk", not "service desk location"), then keywords. The
+    recogniser keeps as many as fit its prompt, from the front.
+    """
+    names, aliases, titles, keywords = [], [], [], []
+    for entry in getattr(pack, "entries", ()):
+        if getattr(entry, "name", ""):
+            names.append(_spoken(entry.name))
+        aliases += [_spoken(a) for a in getattr(entry, "aliases", ()) or ()]
+        if getattr(entry, "title", ""):
+            titles.append(_LOCATION.sub("", _spoken(entry.title, heading=True)))
+        keywords += [_spoken(k) for k in getattr(entry, "keywords", ()) or ()]
+    seen: set[str] = set()
+    out: list[str] = []
+    for term in names + aliases + titles + keywords:
+        if term and term.lower() not in seen:
+            seen.add(term.lower())
+            out.append(term)
+    return out
