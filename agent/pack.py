@@ -59,6 +59,11 @@ FILE_SCHEMAS: dict[str, dict[str, Any]] = {
             "examples": {"type": "array", "items": {
                 "type": "object", "required": ["facts", "question", "answer"], "additionalProperties": False,
                 "properties": {"facts": _STRS, "question": _STR, "answer": _STR}}},
+            # The kiosk's voice (docs/voice.md): a Piper .onnx path relative to the pack, a pace
+            # (1.2 = 20 % faster) and a speaker of a multi-speaker voice.
+            "voice": {"type": "object", "additionalProperties": False, "properties": {
+                "voice": _STR, "speed": {"type": "number", "minimum": 0.25, "maximum": 4},
+                "speaker": {"type": "integer", "minimum": 0}}},
         },
     },
     "knowledge": {
@@ -156,6 +161,8 @@ class KnowledgePack:
     language: str = "en"
     examples: tuple[Example, ...] = ()
     store_map: StoreMap | None = None
+    # The pack's voice as voice.VoiceConfig fields (voice path resolved, speed as length_scale).
+    voice: dict[str, Any] | None = None
     _validators: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def entry(self, entry_id: str) -> Entry:
@@ -231,6 +238,19 @@ def _check_structure(stem: str, path: Path, data: Any) -> None:
         raise PackError(err.message, file=path.name, field=field_name)
 
 
+def _pack_voice(root: Path, spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not spec:
+        return None
+    out: dict[str, Any] = {}
+    if "voice" in spec:
+        out["voice"] = str((root / spec["voice"]).resolve())
+    if "speed" in spec:
+        out["length_scale"] = round(1.0 / float(spec["speed"]), 4)
+    if "speaker" in spec:
+        out["speaker"] = int(spec["speaker"])
+    return out
+
+
 def load_pack(directory: str | Path | None = None) -> KnowledgePack:
     """Load and validate the pack in ``directory`` (None = the demo kiosk pack)."""
     root = Path(directory) if directory is not None else DEFAULT_PACK_DIR
@@ -264,6 +284,7 @@ def load_pack(directory: str | Path | None = None) -> KnowledgePack:
         negative_turns=esc.get("negative_turns"), safety_rules=tuple(safety.get("rules", ())),
         language=p.get("language", "en"),
         examples=tuple(Example(tuple(x["facts"]), x["question"], x["answer"]) for x in p.get("examples", ())),
+        voice=_pack_voice(root, p.get("voice")),
     )
     pname = paths["pack"].name
     if pack.handoff_action is not None and pack.handoff_action not in actions:

@@ -115,6 +115,9 @@ class ServerConfig:
     agent: dict[str, Any] = field(default_factory=dict)   # agent.AgentConfig as nested dicts
     # perception.PerceptionConfig fields (own models by path, devices, threads, limits, ...)
     perception: dict[str, Any] = field(default_factory=dict)
+    # voice.VoiceConfig fields (a Piper voice by path, speed, threads, ...) and ``enabled``
+    # (default true: sessions may ask for output_modalities ["audio"]); docs/voice.md.
+    voice: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> ServerConfig:
         """Raise ConfigError naming the first bad value; return self."""
@@ -146,6 +149,7 @@ class ServerConfig:
             if b.max_batch < 1 or b.max_wait_ms < 0:
                 raise ConfigError(f"batching.{bname}: max_batch must be >= 1 and max_wait_ms >= 0")
         self.perception_config()   # raises ConfigError naming a bad perception.* key or value
+        self.voice_config()        # likewise voice.*
         if self.pipeline.frames_per_turn < 1:
             raise ConfigError("pipeline.frames_per_turn must be >= 1")
         if self.batching.model_threads < 1:
@@ -163,6 +167,29 @@ class ServerConfig:
         from perception import PerceptionConfig
 
         return _from_dict(PerceptionConfig, self.perception, "perception.")
+
+    def voice_config(self, pack_voice: dict[str, Any] | None = None) -> Any:
+        """The ``voice`` section as a validated :class:`voice.VoiceConfig` (None: voice off).
+
+        ``pack_voice``: the pack's choice (``voice`` path relative to the pack, ``speed``),
+        applied first; the server's own settings win.
+        """
+        from voice import VoiceConfig
+
+        data = dict(self.voice)
+        enabled = _coerce(bool, data.pop("enabled", True), "voice.enabled")
+        if not enabled:
+            return None
+        merged: dict[str, Any] = {}
+        if pack_voice:
+            merged.update(pack_voice)
+        merged.update(data)
+        hints = typing.get_type_hints(VoiceConfig)
+        known = {f.name for f in dataclasses.fields(VoiceConfig)}
+        for key in merged:
+            if key not in known:
+                raise ConfigError(f"unknown config key {'voice.' + key!r}; known: {sorted(known | {'enabled'})}")
+        return VoiceConfig(**{k: _coerce(hints[k], v, "voice." + k) for k, v in merged.items()})
 
     def masked(self) -> dict[str, Any]:
         """The configuration as a dict, secrets replaced by ``***``."""

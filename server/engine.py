@@ -11,6 +11,7 @@ Another implementation (e.g. Ray Serve deployments) only has to provide the same
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from agent.events import AgentEvent
     from perception.types import FrameEncoding, SpeechEncoding, TextEncoding
     from server.core.settings import FunctionTool
+    from voice import AudioChunk
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 # session or a benchmark starts several servers; each must not load the models again).
 _MODELS: dict[str, tuple[Any, Any, Any]] = {}
 _MODELS_LOCK = threading.Lock()
+_VOICES: dict[str, Any] = {}      # loaded voices (voice.Synthesizer) by their configuration
 TEXT_CACHE_SIZE = 256
 
 
@@ -55,13 +58,32 @@ class RespondRequest:
     max_tokens: int | None = None   # None: the responder's own limit
 
 
+class SpeechOut(Protocol):
+    """One reply's speech (``voice.SpeechStream``): text in as it streams, audio chunks out."""
+
+    def feed(self, delta: str) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[AudioChunk]: ...
+
+
 class Voice(Protocol):
-    """Speech synthesis for ``output_modalities: ["audio"]`` (issue 13 provides one)."""
+    """Speech synthesis for ``output_modalities: ["audio"]`` (``voice.Synthesizer``): one per
+    process, shared by every session; each reply opens its own stream."""
 
-    rate: int   # output sample rate, Hz
+    @property
+    def name(self) -> str: ...
 
-    def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        """PCM16 LE mono chunks at ``rate`` for ``text`` (one clause or sentence)."""
+    @property
+    def output_rates(self) -> tuple[int, ...]:
+        """PCM16 rates a stream can be opened at."""
+        ...
+
+    def open_stream(self, output_rate: int | None = None, *, speed: float = 1.0) -> SpeechOut:
+        """A reply's stream: chunks of PCM16 LE mono at ``output_rate``, each with the text it speaks."""
         ...
 
 
@@ -173,7 +195,23 @@ class LocalEngine:
             self.perception, self.fusion, agent = _MODELS[key]
         if self.config.vad.backend == "silero":
             load_silero()
+        self.voice = self._load_voice(agent)
         self.agent = agent
+
+    def _load_voice(self, agent: Any) -> Voice | None:
+        """The server's voice (``voice`` section, then the pack's ``voice`` choice), loaded once
+        per process; None when ``voice.enabled`` is false. A bad voice fails the start."""
+        config = self.config.voice_config(getattr(getattr(agent, "pack", None), "voice", None))
+        if config is None:
+            return None
+        key = json.dumps(dataclasses.asdict(config), sort_keys=True)
+        with _MODELS_LOCK:
+            if key not in _VOICES:
+                from voice import Synthesizer
+
+                with loading("voice: Piper text to speech"):
+                    _VOICES[key] = Synthesizer(config)
+            return _VOICES[key]  # type: ignore[no-any-return]
 
     def _build_models(self) -> tuple[Any, Any, Any]:
         from agent import Agent

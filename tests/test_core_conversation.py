@@ -12,6 +12,7 @@ import base64
 import json
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -443,11 +444,38 @@ def test_truncate_text_item_and_deleted_answered_item() -> None:
     run(t)
 
 
-class FakeVoice:
-    rate = 24000
+@dataclass
+class FakeChunk:
+    pcm: bytes
+    sample_rate: int
+    text: str
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        yield b"\x00\x00" * int(0.1 * self.rate * max(1, len(text)))   # 100 ms per character
+
+class FakeSpeech:
+    """A reply's speech: one chunk per text delta, 100 ms of audio per character."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate, self.queue = rate, asyncio.Queue[FakeChunk | None]()
+
+    def feed(self, delta: str) -> None:
+        self.queue.put_nowait(FakeChunk(b"\x00\x00" * int(0.1 * self.rate * len(delta)), self.rate, delta))
+
+    def finish(self) -> None:
+        self.queue.put_nowait(None)
+
+    cancel = finish
+
+    async def __aiter__(self) -> AsyncIterator[FakeChunk]:
+        while (chunk := await self.queue.get()) is not None:
+            yield chunk
+
+
+class FakeVoice:
+    name = "fake"
+    output_rates = (16000, 24000)
+
+    def open_stream(self, output_rate: int | None = None, *, speed: float = 1.0) -> FakeSpeech:
+        return FakeSpeech(output_rate or 24000)
 
 
 def test_audio_output_and_truncation_to_what_was_heard() -> None:
@@ -469,9 +497,9 @@ def test_audio_output_and_truncation_to_what_was_heard() -> None:
         conv.handle(ev({"type": "conversation.item.truncate", "item_id": item["id"], "content_index": 0,
                         "audio_end_ms": 600}))
         await settle()
-        assert engine.revised == [("turn_1", "Aisle ", False)]
+        assert engine.revised == [("turn_1", "Aisle", False)]
         out = conv.handle(ev({"type": "conversation.item.retrieve", "item_id": item["id"]}))
-        assert out[0].item["content"][0]["transcript"] == "Aisle "   # type: ignore[attr-defined]
+        assert out[0].item["content"][0]["transcript"] == "Aisle"   # type: ignore[attr-defined]
 
     run(t)
 

@@ -137,11 +137,13 @@ class PiperVoice:
         ids += ids_map[EOS]
         return ids
 
-    def synthesize(self, ids: list[int]) -> np.ndarray:
-        """Phoneme ids → (samples,) float32 in [-1, 1] at ``sample_rate``."""
+    def synthesize(self, ids: list[int], speed: float = 1.0) -> np.ndarray:
+        """Phoneme ids → (samples,) float32 in [-1, 1] at ``sample_rate``. ``speed``: a multiple of
+        the configured pace (1.5 = 50 % faster; it divides the length scale)."""
         x = np.asarray([ids], dtype=np.int64)                                  # (1, T)
+        scales = self.scales if speed == 1.0 else self.scales * np.array([1.0, 1.0 / speed, 1.0], np.float32)
         feeds: dict[str, Any] = {"input": x, "input_lengths": np.array([x.shape[1]], dtype=np.int64),
-                                 "scales": self.scales}
+                                 "scales": scales}
         if self.multi_speaker:
             feeds["sid"] = np.array([self.speaker], dtype=np.int64)
         audio = self.session.run(None, feeds)[0]                               # (1, 1, 1, samples)

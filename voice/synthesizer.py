@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import VoiceConfig, check_rate
-from .errors import InvalidTextError, MMAgentError
+from .config import OUTPUT_RATES, VoiceConfig, check_rate
+from .errors import ConfigError, InvalidTextError, MMAgentError
 from .phonemes import EspeakPhonemizer, clause_phonemes
 from .piper import PiperVoice
 from .text import Clause, ClauseSplitter, normalize, split_early
@@ -82,10 +82,11 @@ class SpeechStream:
     """One reply's speech: feed text, read chunks. Thread-safe; made by ``Synthesizer.open_stream``."""
 
     def __init__(self, synth: Synthesizer, output_rate: int,
-                 on_chunk: Callable[[AudioChunk], None] | None) -> None:
+                 on_chunk: Callable[[AudioChunk], None] | None, speed: float = 1.0) -> None:
         import soxr
 
         self._synth, self.output_rate, self._on_chunk = synth, output_rate, on_chunk
+        self.speed = speed
         self._splitter = ClauseSplitter()
         self._pending: list[Clause] = []          # clauses not yet grouped into a job
         self._jobs: deque[_Job] = deque()          # jobs waiting for their turn in the queue
@@ -305,11 +306,24 @@ class Synthesizer:
             t.start()
 
     def open_stream(self, output_rate: int | None = None, *,
-                    on_chunk: Callable[[AudioChunk], None] | None = None) -> SpeechStream:
+                    on_chunk: Callable[[AudioChunk], None] | None = None, speed: float = 1.0) -> SpeechStream:
         """A new reply. ``output_rate``: PCM16 rate of its chunks (default: the config's);
-        ``on_chunk``: called from a synthesis thread with each chunk (keep it short)."""
+        ``on_chunk``: called from a synthesis thread with each chunk (keep it short); ``speed``:
+        a multiple of the configured pace (0.25..4; a session's ``audio.output.speed``)."""
         rate = check_rate(self.config.output_rate if output_rate is None else output_rate, self.native_rate)
-        return SpeechStream(self, rate, on_chunk)
+        if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0.25 <= speed <= 4.0:
+            raise ConfigError(f"speech speed must be a number in [0.25, 4], got {speed!r}")
+        return SpeechStream(self, rate, on_chunk, float(speed))
+
+    @property
+    def output_rates(self) -> tuple[int, ...]:
+        """Every PCM16 rate ``open_stream`` accepts (OUTPUT_RATES and the voice's own)."""
+        return tuple(sorted({*OUTPUT_RATES, self.native_rate}))
+
+    @property
+    def name(self) -> str:
+        """The voice's name (its file's stem, e.g. ``en_US-joe-medium``)."""
+        return self.voice.info.name
 
     def synthesize(self, text: str, output_rate: int | None = None) -> tuple[np.ndarray, list[AudioChunk]]:
         """A whole text at once (blocking): (int16 samples, the chunks they came in)."""
@@ -328,11 +342,11 @@ class Synthesizer:
                                  last=k == len(clauses) - 1) for k, c in enumerate(clauses)]
         return self.voice.phoneme_ids("".join(parts))
 
-    def render(self, clauses: list[Clause]) -> np.ndarray:
+    def render(self, clauses: list[Clause], speed: float = 1.0) -> np.ndarray:
         """(n,) float32 at the voice's rate for one chunk, with the sentence pause after it."""
         if not clauses:
             return np.zeros(0, np.float32)
-        audio = self.voice.synthesize(self.phoneme_ids(clauses))
+        audio = self.voice.synthesize(self.phoneme_ids(clauses), speed)
         if clauses[-1].sentence_end and self.config.sentence_pause_ms:
             pause = np.zeros(self.native_rate * self.config.sentence_pause_ms // 1000, np.float32)
             audio = np.concatenate([audio, pause])
@@ -361,7 +375,7 @@ class Synthesizer:
             if job is None:
                 continue
             try:
-                audio = self.render(job.clauses)
+                audio = self.render(job.clauses, stream.speed)
             except MMAgentError as exc:
                 stream._fail(exc)
                 continue

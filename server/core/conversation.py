@@ -229,7 +229,8 @@ class Conversation:
                                 "transcription": {"model": "whisper", "language": s.transcription_language,
                                                   "prompt": s.transcription_prompt},
                                 "noise_reduction": None},
-                      "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": None}},
+                      "output": {"format": s.output_format_json(), "voice": self._voice_name(),
+                                 "speed": s.speed}},
             "extensions": s.extensions,
             "vision": {"presence_updates": s.presence_updates, "presence_interval_ms": s.presence_interval_ms,
                        "max_frames_per_turn": lim.max_frames_per_turn, "frame_window_s": lim.frame_window_s},
@@ -239,6 +240,14 @@ class Conversation:
                        "max_pending_audio_s": lim.max_pending_audio_s, "idle_timeout_s": lim.idle_timeout_s,
                        "respond_timeout_s": self.config.pipeline.respond_timeout_s},
         }
+
+    def _voice_name(self) -> str | None:
+        """The voice a session hears: the server's (one per server), under the name the client
+        gave it if it named one; None without a voice."""
+        voice = self.engine.voice
+        if voice is None:
+            return None
+        return self.settings.voice or voice.name
 
     # ---- client events ----------------------------------------------------------------------
 
@@ -293,8 +302,10 @@ class Conversation:
 
     def on_session_update(self, ev: E.SessionUpdate) -> None:
         old = self.settings
+        voice = self.engine.voice
         new = apply_session_update(old, ev.session, ev.event_id, known_tools=self._tools,
-                                   audio_output=self.engine.voice is not None)
+                                   audio_output=voice is not None,
+                                   **({"output_rates": voice.output_rates} if voice is not None else {}))
         format_changed = (new.rate, new.input_format) != (old.rate, old.input_format)
         if format_changed and self.audio.pending:
             raise ProtocolError("invalid_state", "cannot change the audio format or rate while audio is buffered; "
@@ -365,6 +376,18 @@ class Conversation:
         active = self.active
         if td is not None and td.interrupt_response and active is not None and active.state is S.RESPONDING:
             self._barge_in(active)
+        elif td is not None and td.interrupt_response:
+            self._cut_playout()
+
+    def _cut_playout(self) -> None:
+        """Speech started while the last reply's audio is still playing (its response is done:
+        synthesis runs ahead of playout): its stored turn keeps only what was heard by now.
+        A client's conversation.item.truncate with the exact audio_end_ms still overrides it."""
+        now = self.rt.now()
+        r = self.recent[-1] if self.recent else None
+        if r is None or not r.audio or not r.playing(now) or r.message is None:
+            return
+        self._truncate_done(r, r.message, r.playout_ms(now))
 
     def _barge_in(self, turn: Turn) -> None:
         """Speech started while a response streams: cancel it; the stored turn says so, and
@@ -375,7 +398,7 @@ class Conversation:
         if r.in_agent:
             self.agent_session.mark_barge_in()   # the agent's turn in progress records it
         if r.audio and r.audio_ms:
-            r.heard_chars = r.chars_heard(r.playout_ms(self.rt.now()))
+            r.heard = r.heard_text(r.playout_ms(self.rt.now()))
 
     def _speech_paused(self, token: int, audio: np.ndarray) -> None:
         turn = self.input
@@ -526,6 +549,7 @@ class Conversation:
 
     def _release(self, turn: Turn, r: Response, gate: SpeculationGate) -> None:
         if gate.release(gate.id):
+            r.released(self.rt.now())
             self.metrics.preemptive.inc(outcome="released")
             r.control.commit()
             self._arm_timeout(turn, r)
@@ -711,17 +735,24 @@ class Conversation:
                                 f"({part.audio_ms} ms)", param="audio_end_ms", event_id=ev.event_id)
         r = next((x for x in (*self.recent, *(t.response for t in (self.active,) if t)) if x is not None
                   and x.message is item), None)
-        chars = r.chars_heard(ev.audio_end_ms) if r is not None else 0
-        full = "".join(r.text) if r is not None else (part.text or part.transcript or "")
-        heard = full[:chars]
         if r is not None and not r.done:
-            r.heard_chars = chars        # applied when it ends, to the stored turn as well
-        else:
-            part.text, part.transcript = (heard, None) if part.type == "output_text" else (None, heard)
-            if item.turn_id is not None:
-                self.rt.spawn(self.engine.revise_turn(self.agent_session, item.turn_id, reply=heard),
-                              name="truncate")
+            r.heard = r.heard_text(ev.audio_end_ms)   # applied when it ends, to the stored turn as well
+        elif r is not None:
+            self._truncate_done(r, item, ev.audio_end_ms)
+        else:   # an item this session no longer tracks (a long conversation): text in proportion
+            full = part.text or part.transcript or ""
+            heard = full[: len(full) * ev.audio_end_ms // max(1, part.audio_ms)]
+            self._set_heard(item, part, heard)
         self._emit(E.ItemTruncated(item.id, ev.content_index, ev.audio_end_ms))
+
+    def _truncate_done(self, r: Response, item: Item, audio_end_ms: int) -> None:
+        r.heard = r.heard_text(audio_end_ms)
+        self._set_heard(item, item.content[0], r.heard)
+
+    def _set_heard(self, item: Item, part: Part, heard: str) -> None:
+        part.text, part.transcript = (heard, None) if part.type == "output_text" else (None, heard)
+        if item.turn_id is not None:
+            self.rt.spawn(self.engine.revise_turn(self.agent_session, item.turn_id, reply=heard), name="truncate")
 
     # ---- responses ----------------------------------------------------------------------------
 
@@ -740,9 +771,11 @@ class Conversation:
                       in_band: bool = True, metadata: dict[str, str] | None = None,
                       max_output_tokens: Any = E.UNSET, user_item_id: str | None = None) -> Response:
         mot = self.settings.max_output_tokens if max_output_tokens is E.UNSET else max_output_tokens
+        s = self.settings
         return Response(P.new_id("resp"), emit, self.log, control, in_band=in_band, metadata=metadata,
-                        modalities=self.settings.output_modalities, max_output_tokens=mot,
-                        conversation_id=f"conv_{self.id}" if in_band else None, user_item_id=user_item_id)
+                        modalities=s.output_modalities, max_output_tokens=mot,
+                        conversation_id=f"conv_{self.id}" if in_band else None, user_item_id=user_item_id,
+                        output_rate=s.output_rate, speed=s.speed, voice_name=self._voice_name())
 
     def _on_response_create(self, ev: E.ResponseCreate) -> None:
         p, eid = ev.response, ev.event_id
@@ -871,9 +904,8 @@ class Conversation:
 
         try:
             await run_response(self.ctx, r, inp, max_tokens=r.max_output_tokens, on_started=started)
-            if r.status == "cancelled" and r.heard_chars is not None and r.turn and r.control.keeps:
-                heard = "".join(r.text)[: r.heard_chars]
-                await self.engine.revise_turn(self.agent_session, r.turn["turn_id"], reply=heard)
+            if r.status == "cancelled" and r.heard is not None and r.turn and r.control.keeps:
+                await self.engine.revise_turn(self.agent_session, r.turn["turn_id"], reply=r.heard)
         finally:
             if turn.response is r:   # (a dropped preemptive response of this turn is not its response)
                 if r.done and r.control.keeps:

@@ -34,6 +34,10 @@ class SpeculationGate:
         self._out = out
         self.held: list[ServerEvent] = []
 
+    @property
+    def released(self) -> bool:
+        return self.state is GateState.RELEASED
+
     def emit(self, ev: ServerEvent) -> None:
         if self.state is GateState.RELEASED:
             self._out(ev)

@@ -179,6 +179,7 @@ async def _run(ctx: PipelineContext, r: Response, inp: TurnInput, max_tokens: in
     t_respond = time.perf_counter()
     first: float | None = None
     done: TurnDoneEvent | None = None
+    speaker = Speaker.open(ctx, r, t_start) if r.audio and engine.voice is not None else None
     agen = engine.respond(RespondRequest(ctx.agent_session, perceived, r.cancel, r.control, max_tokens))
     r.in_agent = True
     try:
@@ -187,6 +188,8 @@ async def _run(ctx: PipelineContext, r: Response, inp: TurnInput, max_tokens: in
                 done = ev
                 break
             if r.cancel.is_set() or r.done:
+                if speaker is not None:
+                    speaker.stop()
                 continue   # let the agent notice the cancel and record the turn as cancelled
             if isinstance(ev, TurnFusedEvent):
                 fused = ev.to_json().get("fused") or dict(NO_FUSION)
@@ -197,9 +200,8 @@ async def _run(ctx: PipelineContext, r: Response, inp: TurnInput, max_tokens: in
                     waiting.release()
                     m.stage.observe(first - t_respond, stage="first_delta")
                 r.text_delta(ev.delta)
-                if r.audio and engine.voice is not None:
-                    async for chunk in engine.voice.synthesize(ev.delta):
-                        r.audio_delta(chunk, engine.voice.rate, ctx.now())
+                if speaker is not None:
+                    speaker.feed(ev.delta)
             elif isinstance(ev, ActionEvent):
                 if ctx.allowed_tool(ev.name):
                     r.function_call(ev.name, ev.arguments, ev.call_id or P.new_id("call"))
@@ -209,6 +211,10 @@ async def _run(ctx: PipelineContext, r: Response, inp: TurnInput, max_tokens: in
                 ctx.emit(error(ev.code, ev.message))
     finally:
         await agen.aclose()  # type: ignore[attr-defined]
+        if speaker is not None:
+            # The reply's text is complete: the rest of its audio goes out before response.done
+            # (synthesis runs ~15x faster than real time); a cancelled reply's stops at once.
+            await speaker.drain(stop=r.cancel.is_set() or r.done or done is None)
     if r.done:   # ended meanwhile (a timeout)
         return
     now = time.perf_counter()
@@ -216,6 +222,7 @@ async def _run(ctx: PipelineContext, r: Response, inp: TurnInput, max_tokens: in
     m.stage.observe(now - t_start, stage="turn")
     r.timings = {"perception": round(1000 * (t_respond - t_start), 1),
                  "first_delta": round(1000 * (first - t_start), 1) if first else None,
+                 **({"first_audio": speaker.first_audio_ms} if speaker is not None else {}),
                  "total": round(1000 * (now - t_start), 1)}
     if done is None:
         fail(ctx, r, "internal_error", "the agent ended the turn without turn.done")
@@ -225,6 +232,53 @@ async def _run(ctx: PipelineContext, r: Response, inp: TurnInput, max_tokens: in
     r.usage = _usage(ctx, done, "".join(r.text), text)
     status = "cancelled" if r.cancel.is_set() and done.status != "failed" else done.status
     finish(ctx, r, status, done)   # type: ignore[arg-type]
+
+
+class Speaker:
+    """A spoken reply: the text deltas go to the voice as they stream (synthesis starts at the
+    first clause, also while a preemptive response is held), its audio chunks become
+    ``response.output_audio.delta`` events, each remembering the text it speaks."""
+
+    def __init__(self, ctx: PipelineContext, r: Response, stream: Any, t_start: float) -> None:
+        self.ctx, self.r, self.stream, self.t_start = ctx, r, stream, t_start
+        self.first_audio_ms: float | None = None
+        self.task = asyncio.ensure_future(self._pump())
+
+    @classmethod
+    def open(cls, ctx: PipelineContext, r: Response, t_start: float) -> Speaker:
+        assert ctx.engine.voice is not None
+        return cls(ctx, r, ctx.engine.voice.open_stream(r.output_rate, speed=r.speed), t_start)
+
+    def feed(self, delta: str) -> None:
+        self.stream.feed(delta)
+
+    def stop(self) -> None:
+        self.stream.cancel()
+
+    async def _pump(self) -> None:
+        r = self.r
+        try:
+            async for chunk in self.stream:
+                if r.done or r.cancel.is_set():
+                    self.stream.cancel()
+                    break
+                if chunk.pcm and self.first_audio_ms is None:
+                    self.first_audio_ms = round(1000 * (time.perf_counter() - self.t_start), 1)
+                    self.ctx.metrics.stage.observe(self.first_audio_ms / 1000, stage="first_audio")
+                r.audio_delta(chunk.pcm, chunk.sample_rate, self.ctx.now(), chunk.text)
+        except MMAgentError as exc:   # synthesis failed: the reply goes on as text (transcript) only
+            r.emit(error(exc.code, f"speech synthesis failed: {exc}"))
+
+    async def drain(self, *, stop: bool) -> None:
+        if stop:
+            self.stream.cancel()
+        else:
+            self.stream.finish()
+        try:
+            await asyncio.shield(self.task)
+        except asyncio.CancelledError:
+            self.stream.cancel()
+            raise
 
 
 def _joined(speech: list[SpeechEncoding]) -> SpeechEncoding | None:

@@ -31,6 +31,7 @@ from agent import TurnControl
 from server.core import events as E
 from server.core.gate import SpeculationGate
 from server.core.items import ConversationLog, Item, Part
+from server.core.settings import output_format_json
 
 Status = Literal["in_progress", "completed", "cancelled", "failed", "incomplete"]
 
@@ -44,10 +45,11 @@ class ResponseStage(enum.Enum):
 
 @dataclass
 class AudioMark:
-    """After ``audio_ms`` of output audio, ``chars`` characters of the item's text were spoken."""
+    """One audio chunk sent: where it sits in the reply's audio and the reply text it speaks."""
 
-    audio_ms: int
-    chars: int
+    start_ms: float
+    duration_ms: float
+    text: str
 
 
 @dataclass
@@ -72,9 +74,13 @@ class Response:
     message: Item | None = None             # the assistant message item, once it has text
     text: list[str] = field(default_factory=list)
     marks: list[AudioMark] = field(default_factory=list)
+    output_rate: int = 24000                # PCM16 rate of the audio deltas
+    speed: float = 1.0
+    voice_name: str | None = None
     audio_ms: int = 0                       # output audio sent so far
-    audio_started: float | None = None      # clock time of the first audio chunk
-    heard_chars: int | None = None          # a truncation: what the person heard of the text
+    audio_exact_ms: float = 0.0             # the same, unrounded
+    audio_started: float | None = None      # clock time the client began to receive audio
+    heard: str | None = None                # a truncation: the text the person heard
     turn: dict[str, Any] | None = None      # the agent's summary of the stored turn
     timings: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
@@ -114,7 +120,7 @@ class Response:
                 "output": [i.to_json() for i in self.output], "conversation_id": self.conversation_id,
                 "output_modalities": list(self.modalities), "max_output_tokens": self.max_output_tokens or "inf",
                 "metadata": self.metadata, "usage": self.usage,
-                "audio": {"output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": None}}}
+                "audio": {"output": {"format": output_format_json(self.output_rate), "voice": self.voice_name}}}
 
     def start(self) -> None:
         """response.created: the turn's transcripts are in and perception begins."""
@@ -163,15 +169,24 @@ class Response:
             part.text = (part.text or "") + delta
             self.emit(E.TextDelta(self.id, item.id, index, 0, delta))
 
-    def audio_delta(self, pcm: bytes, rate: int, now: float) -> None:
-        """A chunk of spoken reply (PCM16 at ``rate``) covering the text sent so far."""
+    def audio_delta(self, pcm: bytes, rate: int, now: float, text: str = "") -> None:
+        """A chunk of spoken reply (PCM16 at ``rate``) that speaks ``text`` of the reply."""
+        if not pcm:
+            return
         item = self._open_message()
-        if self.audio_started is None:
+        if self.audio_started is None and (self.gate is None or self.gate.released):
             self.audio_started = now
-        self.audio_ms += int(1000 * len(pcm) / 2 / rate)
+        duration = 1000.0 * len(pcm) / 2 / rate
+        self.marks.append(AudioMark(self.audio_exact_ms, duration, text))
+        self.audio_exact_ms += duration
+        self.audio_ms = int(self.audio_exact_ms)
         item.content[0].audio_ms = self.audio_ms
-        self.marks.append(AudioMark(self.audio_ms, len("".join(self.text))))
         self.emit(E.AudioDelta(self.id, item.id, self.output.index(item), 0, base64.b64encode(pcm).decode()))
+
+    def released(self, now: float) -> None:
+        """A held (preemptive) response's events just went out: its audio starts playing now."""
+        if self.audio_started is None and self.marks:
+            self.audio_started = now
 
     def function_call(self, name: str, arguments: dict[str, Any], call_id: str) -> None:
         """A validated action of the agent, as a function_call output item (and, for clients
@@ -202,15 +217,24 @@ class Response:
             return 0
         return min(self.audio_ms, int(1000 * (now - self.audio_started)))
 
-    def chars_heard(self, audio_end_ms: int) -> int:
-        """Characters of the text spoken within the first ``audio_end_ms`` of audio."""
-        prev = AudioMark(0, 0)
+    def playing(self, now: float) -> bool:
+        """Audio was sent that a client playing it in real time has not finished yet."""
+        return self.audio_started is not None and self.playout_ms(now) < self.audio_ms
+
+    def heard_text(self, audio_end_ms: float) -> str:
+        """The reply text spoken within the first ``audio_end_ms`` of its audio: whole chunks
+        before that point and, of the chunk playing then, its words in proportion."""
+        words: list[str] = []
         for m in self.marks:
-            if m.audio_ms >= audio_end_ms:
-                span = max(1, m.audio_ms - prev.audio_ms)
-                return prev.chars + (m.chars - prev.chars) * max(0, audio_end_ms - prev.audio_ms) // span
-            prev = m
-        return prev.chars
+            if m.start_ms + m.duration_ms <= audio_end_ms:
+                words += m.text.split()
+            elif m.start_ms < audio_end_ms:
+                part = m.text.split()
+                words += part[:round(len(part) * (audio_end_ms - m.start_ms) / m.duration_ms)]
+                break
+            else:
+                break
+        return " ".join(words)
 
     # ---- the end ----------------------------------------------------------------------------
 
@@ -234,9 +258,8 @@ class Response:
                     part_json = {"type": "text", "text": text}
                 self.emit(E.ContentPartDone(self.id, item.id, index, 0, part_json))
             item.status = "completed" if status == "completed" else "incomplete"
-            if self.heard_chars is not None:   # truncated while it streamed: keep what was heard
-                cut = text[: self.heard_chars]
-                part.text, part.transcript = (None, cut) if self.audio else (cut, None)
+            if self.heard is not None:   # truncated while it streamed: keep what was heard
+                part.text, part.transcript = (None, self.heard) if self.audio else (self.heard, None)
             self._close_item(item, index)
         self.stage = ResponseStage.DONE
         self.done_json = {**self.json(), "turn": self.turn, "timings_ms": self.timings}

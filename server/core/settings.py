@@ -82,6 +82,11 @@ class SessionSettings:
     transcription_language: str | None = None
     transcription_prompt: str | None = None
     extensions: bool = True                     # this project's own events (docs/protocol.md)
+    # Output audio (``session.audio.output``): PCM16 at ``output_rate``; ``speed`` 1.0 = the
+    # voice's pace (GA: 0.25..1.5); ``voice`` as the client named it (the server has one voice).
+    output_rate: int = DEFAULT_AUDIO_RATE
+    speed: float = 1.0
+    voice: str | None = None
 
     def copy(self) -> SessionSettings:
         new = dataclasses.replace(self)
@@ -97,15 +102,27 @@ class SessionSettings:
             return {"type": "audio/pcm", "rate": self.rate}
         return {"type": "audio/pcm", "sample_rate": self.rate}   # mmagent: rates GA does not list
 
+    def output_format_json(self) -> dict[str, Any]:
+        """``session.audio.output.format`` as GA clients validate it (see input_format_json)."""
+        return output_format_json(self.output_rate)
+
+
+def output_format_json(rate: int) -> dict[str, Any]:
+    if rate == GA_PCM_RATE:
+        return {"type": "audio/pcm", "rate": rate}
+    return {"type": "audio/pcm", "sample_rate": rate}
+
 
 def apply_session_update(settings: SessionSettings, session: Any, event_id: str | None, *,
                          known_tools: dict[str, FunctionTool] | None = None,
-                         audio_output: bool = False) -> SessionSettings:
+                         audio_output: bool = False,
+                         output_rates: tuple[int, ...] = PCM_RATES) -> SessionSettings:
     """Validate a ``session.update`` payload; return the new settings (the old ones untouched).
 
     ``known_tools``: the pack's actions by name (a client may narrow ``tools`` to some of them,
     not invent new ones: the agent can only call what the pack defines); ``audio_output``: the
-    server has a voice (else ``output_modalities: ["audio"]`` is refused).
+    server has a voice (else ``output_modalities: ["audio"]`` is refused); ``output_rates``: the
+    PCM rates its voice can send.
     """
     if not isinstance(session, dict):
         raise ProtocolError("invalid_value", "'session' must be an object", param="session", event_id=event_id)
@@ -161,6 +178,8 @@ def apply_session_update(settings: SessionSettings, session: Any, event_id: str 
     if out and not audio_output and out.get("voice") is not None:
         raise ProtocolError("invalid_value", "this server has no voice configured (text output only)",
                             param="session.audio.output.voice", event_id=event_id)
+    if out:
+        _apply_output(new, out, output_rates, event_id)
     vision = get_field(session, "vision", dict, path="session.vision", **kw)
     if vision:
         new.presence_updates = get_field(vision, "presence_updates", bool, path="session.vision.presence_updates",
@@ -233,6 +252,36 @@ def _apply_format(new: SessionSettings, fmt: dict[str, Any], event_id: str | Non
     else:
         new.rate = G711_RATE
     new.input_format = ftype  # type: ignore[assignment]
+
+
+def _apply_output(new: SessionSettings, out: dict[str, Any], rates: tuple[int, ...], event_id: str | None) -> None:
+    path = "session.audio.output"
+    kw: dict[str, Any] = {"event_id": event_id}
+    fmt = get_field(out, "format", dict, path=path + ".format", **kw)
+    if fmt is not None:
+        ftype = get_field(fmt, "type", str, path=path + ".format.type", default="audio/pcm", **kw)
+        if ftype != "audio/pcm":
+            raise ProtocolError("unsupported_audio_format", "output audio format must be \"audio/pcm\" (PCM16); "
+                                f"{ftype[:32]!r} is not supported", param=path + ".format.type", **kw)
+        rate = get_field(fmt, "rate", int, path=path + ".format.rate", default=None, **kw)
+        if rate is None:
+            rate = get_field(fmt, "sample_rate", int, path=path + ".format.sample_rate", default=new.output_rate,
+                             **kw)
+        if rate not in rates:
+            raise ProtocolError("unsupported_audio_format", f"output audio/pcm rate {rate} Hz is not supported; "
+                                f"use one of {sorted(rates)}", param=path + ".format.rate", **kw)
+        new.output_rate = rate
+    speed = get_field(out, "speed", (int, float), path=path + ".speed", default=new.speed, **kw)
+    if not 0.25 <= float(speed) <= 1.5:
+        raise ProtocolError("invalid_value", "speed must be within 0.25..1.5", param=path + ".speed", **kw)
+    new.speed = float(speed)
+    voice = out.get("voice")
+    if isinstance(voice, dict):      # GA's custom voice reference {"id": ...}
+        voice = voice.get("id")
+    if voice is not None and not isinstance(voice, str):
+        raise ProtocolError("invalid_value", "voice must be a string", param=path + ".voice", **kw)
+    if voice is not None:
+        new.voice = voice[:64]
 
 
 def _apply_transcription(new: SessionSettings, tr: Any, event_id: str | None) -> None:

@@ -1,0 +1,196 @@
+"""The server speaks: output_modalities ["audio"] through the real server, voice and Whisper.
+
+A reply's audio (response.output_audio.delta, PCM16 at the session's rate) is transcribed by the
+project's Whisper tiny.en and must say the reply's text; a barge-in (speech over the reply, or a
+conversation.item.truncate with audio_end_ms) truncates the stored turn to what was heard; bad
+output settings and bad voices are refused with clear errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from perception.errors import ConfigError
+from server.client import RealtimeClient
+from tests.conftest import synth_speech
+from tests.test_server_e2e import collect_until, types_of
+
+AUDIO_SESSION = {"output_modalities": ["audio"], "audio": {"output": {"format": {"type": "audio/pcm",
+                                                                                  "rate": 24000}}}}
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower().replace("$", " "))
+
+
+def overlap(said: str, heard: str) -> float:
+    """Fraction of the reply's words found in the transcript (numbers as words or digits)."""
+    from voice.text import normalize
+
+    want = words(normalize(said))
+    got = set(words(normalize(heard)))
+    return sum(w in got for w in want) / max(1, len(want))
+
+
+def decode_audio(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
+
+
+def test_reply_audio_says_the_reply(mm_server: Any, perception: Any) -> None:
+    """A typed question, answered aloud at 16 kHz: GA event order, the output_audio part with its
+    transcript, and audio whose Whisper transcript matches the reply text (word overlap >= 0.8)."""
+    async def main() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        async with RealtimeClient(mm_server.ws_url) as c:
+            await c.update_session(output_modalities=["audio"],
+                                   audio={"output": {"format": {"type": "audio/pcm", "rate": 16000}}})
+            updated = await c.wait_for("session.updated")
+            assert updated["session"]["audio"]["output"]["format"] == {"type": "audio/pcm", "sample_rate": 16000}
+            assert updated["session"]["audio"]["output"]["voice"] == "en_US-joe-medium"
+            await c.send_text("Where are the batteries?")
+            return await collect_until(c, "response.done"), updated
+
+    events, _ = run(main())
+    ts = types_of(events)
+    assert "response.output_text.delta" not in ts
+    for kind in ("response.output_audio.delta", "response.output_audio_transcript.delta",
+                 "response.output_audio.done", "response.output_audio_transcript.done"):
+        assert kind in ts, kind
+    assert ts.index("response.output_audio_transcript.done") < ts.index("response.content_part.done")
+    done = events[-1]["response"]
+    assert done["status"] == "completed" and done["output_modalities"] == ["audio"]
+    part = done["output"][0]["content"][0]
+    assert part["type"] == "output_audio"
+    reply = part["transcript"]
+    transcript_done = next(e for e in events if e["type"] == "response.output_audio_transcript.done")
+    assert transcript_done["transcript"] == reply and reply
+    assert done["timings_ms"]["first_audio"] is not None
+    pcm = decode_audio(events)
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    assert len(audio) / 16000 > 0.5 * len(reply.split()) * 0.25   # about speech-length audio
+    heard = perception.encode_speech(audio, 16000).transcript
+    assert overlap(reply, heard) >= 0.8, (reply, heard)
+
+
+def test_unsupported_output_settings_are_refused(mm_server: Any) -> None:
+    """An output rate the voice cannot produce, a format other than PCM, a speed out of range:
+    error events with stable codes; the session keeps its settings and still answers."""
+    async def main() -> list[dict[str, Any]]:
+        async with RealtimeClient(mm_server.ws_url) as c:
+            errors = []
+            for out in ({"format": {"type": "audio/pcm", "rate": 44100}}, {"format": {"type": "audio/pcmu"}},
+                        {"speed": 3.0}):
+                await c.update_session(output_modalities=["audio"], audio={"output": out})
+                errors.append(await c.wait_for("error"))
+            await c.update_session(**AUDIO_SESSION)
+            s = (await c.wait_for("session.updated"))["session"]
+            assert s["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+            return errors
+
+    errors = run(main())
+    assert [e["error"]["code"] for e in errors] == ["unsupported_audio_format", "unsupported_audio_format",
+                                                    "invalid_value"]
+    assert "44100" in errors[0]["error"]["message"] and "22050" in errors[0]["error"]["message"]
+
+
+def test_truncate_keeps_what_was_heard(mm_server: Any) -> None:
+    """conversation.item.truncate at audio_end_ms: the item's transcript and the stored turn (as
+    the next session resumed from the store sees it) keep the words spoken by then."""
+    async def main() -> tuple[str, str, str, str]:
+        async with RealtimeClient(mm_server.ws_url) as c:
+            await c.update_session(**AUDIO_SESSION)
+            await c.send_text("What is your returns policy?")
+            events = await collect_until(c, "response.done")
+            item = events[-1]["response"]["output"][0]
+            full = item["content"][0]["transcript"]
+            audio_ms = 1000 * len(decode_audio(events)) / 2 / 24000
+            await c.send({"type": "conversation.item.truncate", "item_id": item["id"], "content_index": 0,
+                          "audio_end_ms": int(audio_ms * 0.4)})
+            await c.wait_for("conversation.item.truncated")
+            await c.send({"type": "conversation.item.retrieve", "item_id": item["id"]})
+            kept = (await c.wait_for("conversation.item.retrieved"))["item"]["content"][0]["transcript"]
+            await asyncio.sleep(0.5)
+            return full, kept, c.session_id or ""
+
+    full, kept, sid = run(main())
+    assert kept and len(kept) < len(full) and full.startswith(" ".join(kept.split()[:-1])), (full, kept)
+    assert stored_replies(mm_server, sid)[-1] == kept
+
+
+def stored_replies(srv: Any, session_id: str) -> list[str]:
+    """The replies the agent stored for ``session_id``, oldest first (read from its SQLite store)."""
+    from agent.store import SessionStore
+
+    store = SessionStore(Path(srv.config.state_dir) / "sessions.sqlite3")
+    return [t.reply for t in store.load_turns(session_id)]
+
+
+def test_barge_in_truncates_the_stored_reply(mm_server: Any) -> None:
+    """Speech over a spoken reply that is still playing (its audio is all sent, response done: the
+    voice is faster than real time): the stored turn keeps only what played before the speech."""
+    speech, _ = synth_speech("Stop, please.", sample_rate=24000)
+    pcm = (np.concatenate([speech, np.zeros(24000, np.float32)]) * 32767).astype("<i2")
+
+    async def main() -> tuple[str, str, float, float]:
+        async with RealtimeClient(mm_server.ws_url) as c:
+            await c.update_session(**AUDIO_SESSION)
+            await c.send_text("How do I return an item I bought last week?")
+            t0 = None
+            events: list[dict[str, Any]] = []
+            async with asyncio.timeout(90):
+                async for ev in c.events():
+                    events.append(ev)
+                    if ev["type"] == "response.output_audio.delta" and t0 is None:
+                        t0 = time.monotonic()
+                    if ev["type"] == "response.done":
+                        break
+            full = events[-1]["response"]["output"][0]["content"][0]["transcript"]
+            audio_s = len(decode_audio(events)) / 2 / 24000
+            assert t0 is not None
+            await asyncio.sleep(max(0.0, 1.2 - (time.monotonic() - t0)))   # about 1.2 s played
+            t_speech = time.monotonic() - t0
+            for i in range(0, len(pcm), 2400):   # the person speaks over it, in real time
+                await c.append_audio(pcm[i:i + 2400].tobytes())
+                await asyncio.sleep(0.1)
+            await collect_until(c, "input_audio_buffer.speech_started", timeout=30)
+            await collect_until(c, "response.done", timeout=90)   # the answer to "stop, please"
+            await asyncio.sleep(0.3)
+            return full, c.session_id or "", t_speech, audio_s
+
+    full, sid, t_speech, audio_s = run(main())
+    assert audio_s > t_speech + 1.0, "the reply must still be playing when the person speaks"
+    first = stored_replies(mm_server, sid)[0]
+    assert first and len(first.split()) < len(full.split()), (full, first)
+    assert full.startswith(" ".join(first.split()[:-1])), (full, first)
+
+
+def test_bad_voice_settings_fail_at_start(tmp_path: Path) -> None:
+    """voice.* in the server configuration: an unknown key, an unsupported rate → ConfigError at
+    validation; a voice path that does not exist, a file that is not ONNX → the voice errors."""
+    from server.config import ServerConfig
+    from voice import InvalidVoiceError, Synthesizer, UnsupportedRateError, VoiceNotFoundError
+
+    with pytest.raises(ConfigError, match=r"voice\.pitch"):
+        ServerConfig(voice={"pitch": 2}).validate()
+    with pytest.raises(UnsupportedRateError, match="44100"):
+        ServerConfig(voice={"output_rate": 44100}).validate()
+    assert ServerConfig(voice={"enabled": False}).voice_config() is None
+    missing = ServerConfig(voice={"voice": str(tmp_path / "nope.onnx")}).voice_config()
+    with pytest.raises(VoiceNotFoundError, match=r"nope\.onnx"):
+        Synthesizer(missing)
+    fake = tmp_path / "fake.onnx"
+    fake.write_bytes(b"not a model")
+    (tmp_path / "fake.onnx.json").write_text("{}")
+    with pytest.raises(InvalidVoiceError):
+        Synthesizer(ServerConfig(voice={"voice": str(fake)}).voice_config())
