@@ -8,6 +8,11 @@ loop never waits for the socket. At the end it prints the loop's period error (j
 
     python examples/robot_loop.py --url ws://127.0.0.1:8765/v1/realtime --video clip.mp4 --wav hello.wav
 
+``--speak``: the replies come as the server's voice too (output_modalities ["audio"]) and play
+through ``aplay`` / sox's ``play`` (a subprocess fed by its own thread); ``--speak-to DIR`` saves
+each reply as DIR/<response_id>.wav instead. Speech over a reply still playing stops it and
+tells the server how much was heard (conversation.item.truncate), so the stored turn matches.
+
 Exit code 0 when at least one reply completed; the last line is a JSON summary.
 """
 
@@ -26,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server.client import SyncRealtimeClient
+from server.client_audio import Player, WavSink
 
 
 class FrameGrabber(threading.Thread):
@@ -121,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=30.0, help="stop after this many seconds")
     ap.add_argument("--replies", type=int, default=1, help="stop after this many completed replies")
     ap.add_argument("--tail", type=float, default=1.0, help="seconds of silence sent after the WAV")
+    ap.add_argument("--speak", action="store_true", help="spoken replies, played with aplay or sox's play")
+    ap.add_argument("--speak-to", metavar="DIR", help="spoken replies, saved as DIR/<response_id>.wav")
+    ap.add_argument("--speak-rate", type=int, default=24000, help="output audio rate (Hz)")
     ap.add_argument("--priority", action="store_true",
                     help="run the loop's threads with real-time scheduling (SCHED_FIFO) when permitted")
     args = ap.parse_args(argv)
@@ -132,8 +141,28 @@ def main(argv: list[str] | None = None) -> int:
     grabber.start()
     pcm, rate = (read_wav(args.wav) if args.wav else (np.zeros(0, np.int16), 24000))
     pcm = np.concatenate([pcm, np.zeros(int(rate * args.tail), np.int16)])
-    client = SyncRealtimeClient(args.url, token=args.token).connect()
+    client = SyncRealtimeClient(args.url, token=args.token)
+    player: Player | None = None
+    sink: WavSink | None = None
+    audio_bytes = 0
+
+    def count(pcm: bytes, rate: int, response_id: str, item_id: str) -> None:
+        nonlocal audio_bytes
+        audio_bytes += len(pcm)
+
+    count.end = lambda response_id: None  # type: ignore[attr-defined]
+    if args.speak or args.speak_to:
+        if args.speak_to:
+            sink = WavSink(args.speak_to)
+            client.on_audio(sink)
+        else:
+            player = Player.start(args.speak_rate)
+            client.on_audio(player)
+        client.on_audio(count)
+    client.connect()
     client.update_session(audio={"input": {"format": {"type": "audio/pcm", "rate": rate}}})
+    if args.speak or args.speak_to:
+        client.speak(args.speak_rate)
     print(f"session {client.session_id}", flush=True)
 
     period = 1.0 / args.hz
@@ -167,11 +196,18 @@ def main(argv: list[str] | None = None) -> int:
         for ev in client.poll():
             events_seen += 1
             t = ev["type"]
-            if t == "response.output_text.delta":
+            if t in ("response.output_text.delta", "response.output_audio_transcript.delta"):
                 streaming = True
                 print(ev["delta"], end="", flush=True)
+            elif t == "response.output_audio.delta":
+                streaming = True
             elif t == "response.action":
                 execute(ev)
+            elif t == "input_audio_buffer.speech_started" and player is not None and player.playing():
+                item = player.item_id
+                heard_ms = player.stop()          # barge-in: silence, and say what was heard
+                if item is not None:
+                    client.truncate(item, heard_ms)
             elif t == "conversation.item.input_audio_transcription.completed":
                 print(f"[heard] {ev['transcript']!r}", flush=True)
             elif t == "response.done":
@@ -193,12 +229,18 @@ def main(argv: list[str] | None = None) -> int:
             next_t = time.perf_counter()   # overran: resynchronise instead of bursting
     grabber.stop_flag.set()
     client.close()
+    if player is not None:
+        player.close()
+    if sink is not None:
+        sink.close()
 
     err_ms = np.abs(np.asarray(periods) - period) * 1000 if periods else np.zeros(1)
     err_stream = np.abs(np.asarray(periods_streaming) - period) * 1000 if periods_streaming else err_ms
     summary = {
         "ticks": len(periods) + 1, "hz": args.hz, "replies_completed": completed, "events": events_seen,
         "errors": errors, "send_errors": len(client.send_errors),
+        "audio_received_s": round(audio_bytes / 2 / args.speak_rate, 3),
+        "wav_files": [str(p) for p in sink.files] if sink is not None else [],
         "period_error_ms": {"p50": round(float(np.percentile(err_ms, 50)), 3),
                             "p99": round(float(np.percentile(err_ms, 99)), 3),
                             "max": round(float(err_ms.max()), 3)},

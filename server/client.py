@@ -19,6 +19,12 @@ Sync (a background thread runs the event loop; ``send_*`` return at once)::
     done = c.wait_for("response.done", timeout=30)
     c.close()
 
+Spoken replies (docs/voice.md)::
+
+    await c.speak(rate=24000)                    # output_modalities ["audio"] at 24 kHz PCM16
+    c.on_audio(WavSink("replies/"))              # or Player.start(24000): server/client_audio.py
+    await c.truncate(item_id, audio_end_ms)      # barge-in: what the person heard of the reply
+
 If the connection drops (not a deliberate close), the client reconnects with backoff and
 resumes the same session (``?session_id=``); it then yields a local ``client.reconnected``
 event (local events start with ``client.``: ``client.disconnected``, ``client.reconnected``).
@@ -254,6 +260,40 @@ class RealtimeClient:
     async def update_session(self, **session: Any) -> str:
         return await self.send({"type": "session.update", "session": session})
 
+    async def speak(self, rate: int = 24000, *, speed: float | None = None) -> str:
+        """Ask for spoken replies: ``output_modalities ["audio"]``, PCM16 at ``rate``."""
+        out: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": rate}}
+        if speed is not None:
+            out["speed"] = speed
+        return await self.update_session(output_modalities=["audio"], audio={"output": out})
+
+    def on_audio(self, handler: Any) -> None:
+        """Give each audio delta's PCM16 bytes to ``handler(pcm, rate, response_id, item_id)``
+        (an :class:`~server.client_audio.AudioHandler`: ``WavSink``, ``Player``) and call
+        ``handler.end(response_id)`` at response.done. The rate is the session's output rate."""
+        from server.client_audio import output_rate
+
+        def delta(ev: dict[str, Any]) -> None:
+            handler(base64.b64decode(ev["delta"]), output_rate(self.session), ev["response_id"], ev["item_id"])
+
+        def done(ev: dict[str, Any]) -> None:
+            end = getattr(handler, "end", None)
+            if end is not None:
+                end(ev["response"]["id"])
+
+        def session(ev: dict[str, Any]) -> None:
+            self.session = ev["session"]
+
+        self.on("session.updated", session)
+        self.on("response.output_audio.delta", delta)
+        self.on("response.done", done)
+
+    async def truncate(self, item_id: str, audio_end_ms: int, content_index: int = 0) -> str:
+        """Tell the server the person heard only the first ``audio_end_ms`` of a spoken reply:
+        the stored turn keeps that much of its text."""
+        return await self.send({"type": "conversation.item.truncate", "item_id": item_id,
+                                "content_index": content_index, "audio_end_ms": int(audio_end_ms)})
+
     async def send_text(self, text: str, *, images: list[bytes] | None = None, respond: bool = True) -> str:
         """Add a user message (text, optional JPEG/PNG images) and, by default, ask for a response."""
         content: list[dict[str, Any]] = [{"type": "input_text", "text": text}]
@@ -327,6 +367,7 @@ class SyncRealtimeClient:
         self._events: queue.Queue[dict[str, Any]] = queue.Queue(10_000)
         self._client: RealtimeClient | None = None
         self._callbacks: list[tuple[str, Callback]] = []
+        self._audio_handlers: list[Any] = []
         self.send_errors: list[BaseException] = []
 
     def connect(self, timeout: float = 60.0) -> SyncRealtimeClient:
@@ -337,6 +378,8 @@ class SyncRealtimeClient:
             c.on("*", self._enqueue)
             for t, cb in self._callbacks:
                 c.on(t, cb)
+            for handler in self._audio_handlers:
+                c.on_audio(handler)
             await c.connect()
             return c
 
@@ -400,6 +443,19 @@ class SyncRealtimeClient:
 
     def send_action_result(self, call_id: str, output: dict[str, Any] | str, *, respond: bool = True) -> None:
         self._submit("send_action_result", call_id, output, respond=respond)
+
+    def speak(self, rate: int = 24000, *, speed: float | None = None) -> None:
+        self._submit("speak", rate, speed=speed)
+
+    def truncate(self, item_id: str, audio_end_ms: int, content_index: int = 0) -> None:
+        self._submit("truncate", item_id, audio_end_ms, content_index)
+
+    def on_audio(self, handler: Any) -> None:
+        """See :meth:`RealtimeClient.on_audio` (the handler runs on the client's thread)."""
+        if self._client is None:
+            self._audio_handlers.append(handler)
+        else:
+            self._loop.call_soon_threadsafe(self._client.on_audio, handler)
 
     # Receiving.
     def poll(self) -> list[dict[str, Any]]:

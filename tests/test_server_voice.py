@@ -194,3 +194,31 @@ def test_bad_voice_settings_fail_at_start(tmp_path: Path) -> None:
     (tmp_path / "fake.onnx.json").write_text("{}")
     with pytest.raises(InvalidVoiceError):
         Synthesizer(ServerConfig(voice={"voice": str(fake)}).voice_config())
+
+
+def test_player_feeds_its_command_and_stops_at_once(tmp_path: Path) -> None:
+    """Player: PCM goes to the command's stdin from the player's own thread (the caller never
+    waits); played_ms follows wall-clock time, capped by what arrived; stop() silences it."""
+    from server.client_audio import Player, WavSink
+
+    out = tmp_path / "played.raw"
+    player = Player.start(16000, command=["sh", "-c", f"cat > {out}"])
+    second = (np.sin(np.arange(16000) / 5.0) * 8000).astype("<i2").tobytes()
+    t0 = time.monotonic()
+    player(second, 16000, "resp_1", "item_1")
+    assert time.monotonic() - t0 < 0.05
+    time.sleep(0.3)
+    assert player.playing() and 250 <= player.played_ms() <= 1000
+    heard = player.stop()
+    assert 250 <= heard < 1000 and not player.playing()
+    time.sleep(0.2)
+    assert out.read_bytes() == second
+    player.close()
+    sink = WavSink(tmp_path / "wav")
+    sink(second, 16000, "resp_2", "item_2")
+    sink(second, 16000, "resp_2", "item_2")
+    sink.end("resp_2")
+    import wave
+
+    with wave.open(str(sink.files[0]), "rb") as w:
+        assert w.getnframes() == 32000 and w.getframerate() == 16000
