@@ -10,6 +10,7 @@ import { ChatLog } from "./chat.js";
 import { WhyPanel, readVision, objectLabels } from "./why.js";
 import { Presence, IdleTimer, Speaker, enterFullscreen } from "./kiosk.js";
 import { KioskView } from "./kiosk-view.js";
+import { ServerAudio } from "./player.js";
 import { showError, clearError, deviceError, showServerError } from "./notices.js";
 import * as T from "./turns.js";
 
@@ -58,6 +59,11 @@ const why = new WhyPanel();
 const speaker = new Speaker({
   onSpeaking: (on) => dispatch(on ? { type: "playback.started", source: "speech_synthesis" } : { type: "playback.ended" }),
 });
+// The server's voice (response.output_audio.delta through an AudioWorklet); speechSynthesis above
+// stays for lines the page writes itself and for a server without a voice.
+const voice = new ServerAudio({
+  onSpeaking: (on) => dispatch(on ? { type: "playback.started", source: "server_audio" } : { type: "playback.ended" }),
+});
 const mic = new Microphone({ onChunk: sendAudio, onLevel: renderLevel, chunkMs: config.chunkMs });
 const camera = new Camera($("cam-video"), sendFrame, { fps: config.fps, width: config.width });
 let kiosk = null;     // KioskView in kiosk mode
@@ -76,7 +82,7 @@ function render() {
     kiosk.render(turns, {
       phase: T.phase(turns),
       offline: ui.offline,
-      canStop: turns.active !== null || speaker.pending > 0,
+      canStop: turns.active !== null || speaker.pending > 0 || voice.playing,
       idleText: ui.micFailed ? "Touch “Type” to ask me" : Date.now() < ui.talkHintUntil ? "Go ahead — I'm listening" : null,
     });
     renderStaffStatus();
@@ -187,8 +193,18 @@ function showTokenForm(title) {
   input.focus();
 }
 
+/** Silence the server's voice; if a reply was playing, tell the server how much of it was heard
+ * (conversation.item.truncate): the stored turn keeps only that. */
+function cutVoice() {
+  const heard = voice.stop();
+  if (heard.item && conn.isOpen) {
+    conn.send({ type: "conversation.item.truncate", item_id: heard.item, content_index: 0, audio_end_ms: heard.ms });
+  }
+}
+
 function connectionLost() {
   speaker.cancel();
+  voice.stop();
   dispatch({ type: "ui.connection_lost" });
 }
 
@@ -199,6 +215,12 @@ function applySession(session) {
   $("pack-name").textContent = pack ? String(pack).replace(/_/g, " ") : "";
   const fmt = session && session.audio && session.audio.input && session.audio.input.format;
   const rate = (fmt && fmt.rate) || 24000;
+  const out = session && session.audio && session.audio.output;
+  const spoken = session && Array.isArray(session.output_modalities) && session.output_modalities.includes("audio");
+  if (spoken && voice.enabled) {
+    const outRate = (out && out.format && (out.format.rate || out.format.sample_rate)) || 24000;
+    voice.open(outRate).catch((e) => showError("voice", "Cannot play the assistant's voice", String(e), { warn: true, timeoutMs: 8000 }));
+  }
   if (rate !== ui.rate) {
     ui.rate = rate;
     if (mic.running) startMic(); // restart the worklet at the new rate
@@ -218,8 +240,16 @@ const ACTIVITY = new Set(["input_audio_buffer.speech_started", "conversation.ite
 
 function handleEvent(ev) {
   ui.seen[ev.type] = (ui.seen[ev.type] || 0) + 1;
-  // Barge-in: the server cancels the reply itself; the voice stops here at once.
-  if (ev.type === "input_audio_buffer.speech_started") speaker.cancel();
+  // Barge-in: the server cancels the reply itself; the voice stops here at once, and the server
+  // hears how much of it was played.
+  if (ev.type === "input_audio_buffer.speech_started") {
+    speaker.cancel();
+    if (voice.playing) cutVoice();
+  }
+  if (ev.type === "response.output_audio.delta") {
+    voice.push(ev);
+    return;   // no state change, and far too many to count
+  }
   dispatch(ev);
   if (idle && ACTIVITY.has(ev.type)) idle.poke();
   switch (ev.type) {
@@ -312,6 +342,7 @@ function sendText(text) {
 
 function stopReply() {
   speaker.cancel();
+  cutVoice();
   dispatch({ type: "ui.stop" });
 }
 
@@ -504,7 +535,7 @@ function setupKiosk() {
   });
   kiosk.show();
   presence = new Presence({ absentMs: config.absentMs, onChange: (present) => (present ? arrive() : leave("absent")) });
-  idle = new IdleTimer({ ms: config.idleMs, onIdle: () => leave("idle"), busy: () => turns.active !== null || speaker.pending > 0 });
+  idle = new IdleTimer({ ms: config.idleMs, onIdle: () => leave("idle"), busy: () => turns.active !== null || speaker.pending > 0 || voice.playing });
   fetch("/pack/kiosk.json", { cache: "no-store" })
     .then((r) => (r.ok ? r.json() : null))
     .then((p) => {
@@ -546,7 +577,7 @@ function setStaff(on) {
 
 /** Talk: during a reply it stops the kiosk to listen; otherwise it makes sure the microphone is on. */
 function kioskTalk() {
-  if (turns.active !== null || speaker.pending > 0) stopReply();
+  if (turns.active !== null || speaker.pending > 0 || voice.playing) stopReply();
   if (!mic.running) startMic();
   if (idle) idle.poke();
   // The kiosk listens all the time someone is there; a tap on Talk gets a word of encouragement.
@@ -587,6 +618,7 @@ function speakLocal(t) {
 function leave(reason) {
   kiosk.showAttract();
   speaker.cancel();
+  voice.stop();
   if (turns.active !== null) dispatch({ type: "ui.stop" });
   idle.stop();
   ui.greetPending = false;
@@ -599,6 +631,7 @@ function leave(reason) {
 /** The next visitor gets a new session, not the last one's history. */
 function freshConversation({ greet }) {
   speaker.cancel();
+  voice.stop();
   dispatch({ type: "ui.reset" });
   chat.clear();
   if (kiosk) kiosk.clear();
@@ -714,11 +747,18 @@ function wire() {
   ptt.addEventListener("blur", pttUp);
 
   const speak = $("speak-toggle");
-  speak.checked = config.kiosk && speaker.available && params.get("speak") !== "0";
-  if (params.get("speak") === "1") speak.checked = speaker.available;
-  speaker.setEnabled(speak.checked);
-  speak.disabled = !speaker.available;
-  speak.addEventListener("change", () => speaker.setEnabled(speak.checked));
+  const serverVoice = params.get("voice") !== "0";   // ?voice=0: the browser's speechSynthesis only
+  const canSpeak = speaker.available || (voice.available && serverVoice);
+  speak.checked = canSpeak && ((config.kiosk && params.get("speak") !== "0") || params.get("speak") === "1");
+  const setSpeaking = () => {
+    speaker.setEnabled(speak.checked);
+    voice.setEnabled(speak.checked && serverVoice);
+    dispatch({ type: "ui.voice", on: voice.enabled });
+    if (voice.enabled && ui.session) applySession(ui.session);
+  };
+  setSpeaking();
+  speak.disabled = !canSpeak;
+  speak.addEventListener("change", setSpeaking);
 
   $("conn-retry").addEventListener("click", () => conn.connect());
   $("token-form").addEventListener("submit", (e) => {
@@ -782,6 +822,7 @@ window.mmagent = {
   mic,
   camera,
   speaker,
+  voice,
   config,
   get presence() {
     return presence;

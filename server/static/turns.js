@@ -20,6 +20,9 @@
 //   playback.ended                voice, kiosk.js Speaker); with server audio (issue 13) the player
 //                                 of response.output_audio.delta dispatches the same two events
 //                                 with source "server_audio", and nothing else changes here.
+//   ui.voice {on}                 the person wants the server's voice (the Speak toggle): the
+//                                 session asks for output_modalities ["audio"] when the server
+//                                 has a voice (session.created's audio.output.voice)
 //
 // A reduction that must tell the server something puts client events in the new state's `outbox`
 // (only that reduction's); the caller sends them in order.
@@ -46,6 +49,8 @@ export function initialState({ mode = "handsfree" } = {}) {
     queuedCreate: false,  // a response.create to send when the active reply has ended
     hearing: false,       // server VAD: the person is speaking right now
     playback: { speaking: false, source: null },
+    voice: false,         // the server's voice is wanted (ui.voice)
+    serverVoice: false,   // the server has one (its session says so)
     greetFallback: null,  // the pack's greeting, shown if the agent's greeting turn says nothing
     why: null,            // n of the turn the Why panel shows
     whyPinned: false,     // the person chose it: only a newer fused turn moves it
@@ -54,14 +59,16 @@ export function initialState({ mode = "handsfree" } = {}) {
   });
 }
 
-/** The session.update this page sends (after session.created and on a mode change). */
-export function sessionUpdate(mode) {
+/** The session.update this page sends (after session.created and on a mode or voice change);
+ * `voice`: spoken replies (PCM16 at 24 kHz, the transcript beside them). */
+export function sessionUpdate(mode, voice = false) {
   return {
     type: "session.update",
     session: {
       type: "realtime",
-      output_modalities: ["text"],
+      output_modalities: voice ? ["audio"] : ["text"],
       audio: {
+        ...(voice ? { output: { format: { type: "audio/pcm", rate: 24000 } } } : {}),
         input: {
           turn_detection: mode === "handsfree"
             ? { type: "server_vad", create_response: true, interrupt_response: true }
@@ -210,8 +217,12 @@ function step(s, ev, out) {
     case "ui.mode":
       if (ev.mode === s.mode) return s;
       if (ev.mode === "ptt") out.push({ type: "input_audio_buffer.clear" });
-      out.push(sessionUpdate(ev.mode));
+      out.push(sessionUpdate(ev.mode, s.voice && s.serverVoice));
       return { ...s, mode: ev.mode, hearing: false };
+    case "ui.voice":
+      if (!!ev.on === s.voice) return s;
+      if (s.serverVoice) out.push(sessionUpdate(s.mode, !!ev.on));
+      return { ...s, voice: !!ev.on };
     case "ui.select_why":
       return byN(s, ev.n) ? { ...s, why: ev.n, whyPinned: true } : s;
     case "ui.dismiss_screen": {
@@ -219,7 +230,7 @@ function step(s, ev, out) {
       return t ? put(s, t, { screenDismissed: true }) : s;
     }
     case "ui.reset":
-      return { ...initialState({ mode: s.mode }) };
+      return { ...initialState({ mode: s.mode }), voice: s.voice, serverVoice: s.serverVoice };
     case "ui.connection_lost": {
       const turns = s.turns.map((t) => {
         let u = t;
@@ -238,9 +249,12 @@ function step(s, ev, out) {
       return { ...s, playback: { speaking: false, source: null } };
 
     // ---- what the server said ----
-    case "session.created":
-      out.push(sessionUpdate(s.mode));
-      return s;
+    case "session.created": {
+      const output = ev.session && ev.session.audio && ev.session.audio.output;
+      const serverVoice = !!(output && output.voice);
+      out.push(sessionUpdate(s.mode, s.voice && serverVoice));
+      return { ...s, serverVoice };
+    }
     case "input_audio_buffer.speech_started": {
       let t;
       [s, t] = speechTurn(s, ev.item_id);
@@ -302,15 +316,18 @@ function step(s, ev, out) {
       s = put(s, t, { fused: ev, transcriptConfidence: conf });
       return s.whyPinned && s.why !== null && s.why >= t.n ? s : { ...s, why: t.n, whyPinned: false };
     }
+    case "response.output_audio_transcript.delta":   // a spoken reply: its text
     case "response.output_text.delta": {
       const t = turnFor(s, ev);
       if (!t || !t.reply) return s;
       return put(s, t, { reply: { ...t.reply, text: t.reply.text + (ev.delta || "") } });
     }
+    case "response.output_audio_transcript.done":
     case "response.output_text.done": {
       const t = turnFor(s, ev);
-      if (!t || !t.reply || typeof ev.text !== "string" || !ev.text) return s;
-      return put(s, t, { reply: { ...t.reply, text: ev.text } });
+      const text = ev.type === "response.output_text.done" ? ev.text : ev.transcript;
+      if (!t || !t.reply || typeof text !== "string" || !text) return s;
+      return put(s, t, { reply: { ...t.reply, text } });
     }
     case "response.action": {
       const t = turnFor(s, ev);
@@ -347,7 +364,8 @@ function responseDone(s, r, out) {
   const details = r.status_details || {};
   let text = t.reply ? t.reply.text : "";
   if (!text && Array.isArray(r.output)) {
-    text = r.output.flatMap((o) => o.content || []).filter((c) => c.type === "output_text").map((c) => c.text).join("");
+    text = r.output.flatMap((o) => o.content || []).filter((c) => c.type === "output_text" || c.type === "output_audio")
+      .map((c) => (c.type === "output_text" ? c.text : c.transcript) || "").join("");
   }
   const patch = {};
   if (!text && t.kind === "camera" && status === "completed" && s.greetFallback

@@ -366,3 +366,39 @@ test("unknown and out-of-order events leave the state alone", () => {
     assert.deepEqual(s.outbox, ev.type === "ui.ptt_up" ? [] : []);
   }
 });
+
+test("the server's voice: asked for when wanted and the server has one; transcript deltas are the reply", () => {
+  const withVoice = { type: "session.created", session: { id: "s1", audio: { output: { voice: "en_US-joe-medium" } } } };
+  const { state, sent } = run([
+    { type: "ui.voice", on: true },
+    withVoice,
+    { type: "ui.send_text", text: "Where are the batteries?", itemId: "item_1" },
+    created("resp_1"),
+    { type: "response.output_audio_transcript.delta", response_id: "resp_1", delta: "Aisle " },
+    { type: "playback.started", source: "server_audio" },
+    { type: "response.output_audio_transcript.delta", response_id: "resp_1", delta: "seven." },
+    { type: "response.output_audio_transcript.done", response_id: "resp_1", transcript: "Aisle seven." },
+    done("resp_1"),
+  ]);
+  const update = sent.find((e) => e.type === "session.update");
+  assert.deepEqual(update.session.output_modalities, ["audio"]);
+  assert.deepEqual(update.session.audio.output.format, { type: "audio/pcm", rate: 24000 });
+  assert.equal(state.turns[0].reply.text, "Aisle seven.");
+  assert.equal(phase(state), "speaking", "the reply is still being heard after response.done");
+  // A server without a voice: text, whatever the page wants.
+  const plain = run([{ type: "ui.voice", on: true }, { type: "session.created", session: { id: "s2" } }]);
+  assert.deepEqual(plain.sent[0].session.output_modalities, ["text"]);
+  // Turning the voice off mid-session asks for text again.
+  const off = reduce(state, { type: "ui.voice", on: false });
+  assert.deepEqual(off.outbox[0].session.output_modalities, ["text"]);
+  assert.equal(sessionUpdate("handsfree").session.audio.output, undefined);
+});
+
+test("a spoken reply's text comes from response.done's output_audio transcript when no delta arrived", () => {
+  const { state } = run([
+    { type: "ui.send_text", text: "hi", itemId: "item_1" },
+    created("resp_1"),
+    done("resp_1", "completed", { output: [{ type: "message", content: [{ type: "output_audio", transcript: "Hello!" }] }] }),
+  ]);
+  assert.equal(state.turns[0].reply.text, "Hello!");
+});
