@@ -64,6 +64,10 @@ class VadConfig:
                                       # resumes. Needs speculative_ms > 0 and create_response.
     max_hold_ms: int = 10000          # a preemptive response held longer than this is dropped (the
                                       # turn is answered afresh when it ends)
+    echo_gate: bool = True            # the agent's own voice (the audio the server sent, as played)
+                                      # does not start speech: input not louder than it by
+    echo_margin_db: float = 0.0       # this margin, within this many ms after it played, is
+    echo_max_delay_ms: int = 400      # silence to the turn detector (server/core/echo.py)
 
 
 @dataclass
@@ -131,6 +135,8 @@ class ServerConfig:
             raise ConfigError("vad.silence_duration_ms must be within 100..5000")
         if self.vad.max_hold_ms <= 0:
             raise ConfigError("vad.max_hold_ms must be > 0")
+        if not 0 <= self.vad.echo_max_delay_ms <= 2000 or not -20 <= self.vad.echo_margin_db <= 20:
+            raise ConfigError("vad.echo_max_delay_ms must be within 0..2000 and vad.echo_margin_db within -20..20")
         if self.pipeline.respond_timeout_s < 0:
             raise ConfigError("pipeline.respond_timeout_s must be >= 0 (0 = no timeout)")
         lim = self.limits

@@ -50,6 +50,7 @@ from server.config import ServerConfig
 from server.console import log_turn
 from server.core import events as E
 from server.core.audio_input import AudioInput, TurnDetector, decode_audio
+from server.core.echo import EchoGate, Reference
 from server.core.gate import GateState, SpeculationGate
 from server.core.items import ConversationLog, Item, Part
 from server.core.pipeline import (
@@ -167,6 +168,8 @@ class Conversation:
         self._last_presence = -1e9
         self._presence_task: asyncio.Task[Any] | None = None
         self._tools = {t.name: t for t in engine.tools()}
+        # The agent's own voice in the microphone must not start a turn (server/core/echo.py).
+        self.echo = EchoGate(vad.echo_margin_db, vad.echo_max_delay_ms) if vad.echo_gate else None
         self._closed = False
         self.ctx = PipelineContext(engine=engine, metrics=self.metrics, agent_session=agent_session,
                                    rate=lambda: self.audio.rate, emit=self._emit,
@@ -343,7 +346,20 @@ class Conversation:
         if self.audio.detector is None:
             self.audio.buffer(pcm)
             return pcm, None
+        if self.echo is not None and not self.audio.detector.speaking:
+            refs = self._echo_references()
+            if refs:
+                pcm = self.echo.apply(pcm, self.audio.rate, self.rt.now(), refs)
         return pcm, self.audio.detector
+
+    def _echo_references(self) -> list[Reference]:
+        """The replies whose audio may be playing now: the active one, the last finished one."""
+        out = []
+        for r in (self.active.response if self.active else None, self.recent[-1] if self.recent else None):
+            ref = r.reference() if r is not None and r.audio else None
+            if ref is not None:
+                out.append(ref)
+        return out
 
     def detected(self, detector: TurnDetector, events: list[VadEvent]) -> list[E.ServerEvent]:
         """The detector's events for one chunk (ignored if the detector was replaced meanwhile)."""
@@ -398,7 +414,9 @@ class Conversation:
         if r.in_agent:
             self.agent_session.mark_barge_in()   # the agent's turn in progress records it
         if r.audio and r.audio_ms:
-            r.heard = r.heard_text(r.playout_ms(self.rt.now()))
+            played = r.playout_ms(self.rt.now())
+            r.heard = r.heard_text(played)
+            r.cut_playout(played)
 
     def _speech_paused(self, token: int, audio: np.ndarray) -> None:
         turn = self.input
@@ -737,6 +755,7 @@ class Conversation:
                   and x.message is item), None)
         if r is not None and not r.done:
             r.heard = r.heard_text(ev.audio_end_ms)   # applied when it ends, to the stored turn as well
+            r.cut_playout(ev.audio_end_ms)
         elif r is not None:
             self._truncate_done(r, item, ev.audio_end_ms)
         else:   # an item this session no longer tracks (a long conversation): text in proportion
@@ -747,6 +766,7 @@ class Conversation:
 
     def _truncate_done(self, r: Response, item: Item, audio_end_ms: int) -> None:
         r.heard = r.heard_text(audio_end_ms)
+        r.cut_playout(audio_end_ms)
         self._set_heard(item, item.content[0], r.heard)
 
     def _set_heard(self, item: Item, part: Part, heard: str) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from agent import TurnControl
 from server.core import events as E
+from server.core.echo import Envelope, Reference
 from server.core.gate import SpeculationGate
 from server.core.items import ConversationLog, Item, Part
 from server.core.settings import output_format_json
@@ -81,6 +82,8 @@ class Response:
     audio_exact_ms: float = 0.0             # the same, unrounded
     audio_started: float | None = None      # clock time the client began to receive audio
     heard: str | None = None                # a truncation: the text the person heard
+    envelope: Envelope = field(default_factory=Envelope)   # of the audio sent (the echo reference)
+    audio_cut_ms: float | None = None       # playback stopped here (a barge-in, a truncation)
     turn: dict[str, Any] | None = None      # the agent's summary of the stored turn
     timings: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
@@ -177,6 +180,7 @@ class Response:
         if self.audio_started is None and (self.gate is None or self.gate.released):
             self.audio_started = now
         duration = 1000.0 * len(pcm) / 2 / rate
+        self.envelope.add(pcm, rate)
         self.marks.append(AudioMark(self.audio_exact_ms, duration, text))
         self.audio_exact_ms += duration
         self.audio_ms = int(self.audio_exact_ms)
@@ -219,7 +223,17 @@ class Response:
 
     def playing(self, now: float) -> bool:
         """Audio was sent that a client playing it in real time has not finished yet."""
-        return self.audio_started is not None and self.playout_ms(now) < self.audio_ms
+        return self.audio_started is not None and self.audio_cut_ms is None and self.playout_ms(now) < self.audio_ms
+
+    def cut_playout(self, audio_end_ms: float) -> None:
+        """The client stopped playing at ``audio_end_ms`` (no echo of the rest will come)."""
+        self.audio_cut_ms = audio_end_ms if self.audio_cut_ms is None else min(self.audio_cut_ms, audio_end_ms)
+
+    def reference(self) -> Reference | None:
+        """This reply's audio as the client plays it (for the echo gate); None before it plays."""
+        if self.audio_started is None or not self.envelope.values:
+            return None
+        return Reference(self.envelope, self.audio_started, self.audio_cut_ms)
 
     def heard_text(self, audio_end_ms: float) -> str:
         """The reply text spoken within the first ``audio_end_ms`` of its audio: whole chunks
