@@ -222,3 +222,77 @@ def test_player_feeds_its_command_and_stops_at_once(tmp_path: Path) -> None:
 
     with wave.open(str(sink.files[0]), "rb") as w:
         assert w.getnframes() == 32000 and w.getframerate() == 16000
+
+
+def test_echo_gate_unit() -> None:
+    """EchoGate: input that is the reference's echo (delayed, 6 dB down) is silenced; input louder
+    than the reference passes; with no reference playing nothing is touched."""
+    from server.core.echo import EchoGate, Envelope, Reference
+
+    rate = 16000
+    t = np.arange(rate) / rate
+    voice = (np.sin(2 * np.pi * 220 * t) * 0.3 * 32767).astype("<i2")
+    env = Envelope()
+    env.add(voice.tobytes(), rate)
+    ref = Reference(env, started=100.0)
+    gate = EchoGate(margin_db=0.0, max_delay_ms=300)
+    echo = (np.roll(voice, rate // 10) * 0.5).astype(np.int16)[: rate // 2]   # 100 ms late, -6 dB
+    out = gate.apply(echo, rate, 100.5, [ref])
+    assert not out.any() and gate.gated_frames == 50
+    loud = (echo.astype(np.int32) * 3).clip(-32768, 32767).astype(np.int16)  # a person louder than it
+    assert gate.apply(loud, rate, 100.5, [ref]) is loud
+    assert gate.apply(echo, rate, 105.0, [ref]) is echo          # the reply ended long ago
+    cut = Reference(env, started=100.0, cut_ms=100.0)                 # playback stopped at 100 ms
+    assert gate.apply(echo, rate, 101.0, [cut]) is echo           # its echo has passed by then
+
+
+def test_own_voice_fed_back_does_not_barge_in_but_a_person_does(mm_server: Any) -> None:
+    """Through the real server: the reply's audio, played in real time and fed back into the
+    microphone 150 ms late at -6 dB, starts no speech; a person saying "Excuse me, I have a
+    question" over it at the reply's own level does (speech_started within their words)."""
+    user, _ = synth_speech("Excuse me, I have a question.", sample_rate=24000)
+
+    async def trial(with_user: bool) -> list[float]:
+        async with RealtimeClient(mm_server.ws_url) as c:
+            await c.update_session(**AUDIO_SESSION)
+            await c.wait_for("session.updated")
+            played = bytearray()
+            started: list[float] = []
+            t_first: list[float] = []
+
+            async def reader() -> None:
+                async for ev in c.events():
+                    if ev["type"] == "response.output_audio.delta" and not started:
+                        t_first[:] = t_first or [time.monotonic()]
+                        played.extend(base64.b64decode(ev["delta"]))
+                    elif ev["type"] == "input_audio_buffer.speech_started":
+                        started.append(time.monotonic() - t_first[0])
+
+            task = asyncio.ensure_future(reader())
+            await c.send_text("How do I return an item I bought last week?")
+            while not t_first:
+                await asyncio.sleep(0.005)
+            rng, step, d = np.random.default_rng(1), 480, 3600      # 20 ms chunks, 150 ms delay
+            scale = 1.0
+            for k in range(int(6.0 / 0.02)):
+                audio = np.frombuffer(bytes(played), dtype="<i2").astype(np.float32)
+                pos = np.arange(k * step, k * step + step) - d
+                ok = (pos >= 0) & (pos < len(audio))
+                mic = np.zeros(step, np.float32)
+                if not started:
+                    mic[ok] = audio[pos[ok]] * 0.5
+                mic += rng.normal(0, 30, step)
+                if with_user:
+                    if k == 0:
+                        scale = float(np.sqrt(np.mean(audio[:24000] ** 2)) / 32768 / np.sqrt(np.mean(user ** 2)))
+                    upos = np.arange(k * step, k * step + step) - int(1.5 * 24000)
+                    uok = (upos >= 0) & (upos < len(user))
+                    mic[uok] += user[upos[uok]] * scale * 32767
+                await c.append_audio(np.clip(mic, -32768, 32767).astype(np.int16))
+                await asyncio.sleep(max(0.0, t_first[0] + (k + 1) * 0.02 - time.monotonic()))
+            task.cancel()
+            return started
+
+    assert run(trial(False)) == []
+    heard = run(trial(True))
+    assert heard and 1.5 <= heard[0] <= 1.5 + len(user) / 24000 + 0.5, heard
