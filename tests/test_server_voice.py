@@ -175,10 +175,12 @@ def test_barge_in_truncates_the_stored_reply(mm_server: Any) -> None:
     assert full.startswith(" ".join(first.split()[:-1])), (full, first)
 
 
-def test_bad_voice_settings_fail_at_start(tmp_path: Path) -> None:
+def test_bad_voice_settings_fail_at_start(tmp_path: Path, mm_server: Any) -> None:
     """voice.* in the server configuration: an unknown key, an unsupported rate → ConfigError at
-    validation; a voice path that does not exist, a file that is not ONNX → the voice errors."""
+    validation; a voice path that does not exist, a file that is not ONNX → the voice errors,
+    and a real server with either does not start."""
     from server.config import ServerConfig
+    from tests.conftest import start_server
     from voice import InvalidVoiceError, Synthesizer, UnsupportedRateError, VoiceNotFoundError
 
     with pytest.raises(ConfigError, match=r"voice\.pitch"):
@@ -191,9 +193,18 @@ def test_bad_voice_settings_fail_at_start(tmp_path: Path) -> None:
         Synthesizer(missing)
     fake = tmp_path / "fake.onnx"
     fake.write_bytes(b"not a model")
-    (tmp_path / "fake.onnx.json").write_text("{}")
+    from voice.piper import embedded_voice
+
+    (tmp_path / "fake.onnx.json").write_text(embedded_voice()[1].read_text())   # a good config, a bad model
     with pytest.raises(InvalidVoiceError):
         Synthesizer(ServerConfig(voice={"voice": str(fake)}).voice_config())
+    state = str(tmp_path / "state")
+    with pytest.raises(VoiceNotFoundError, match=r"nope\.onnx"):
+        start_server(state_dir=state, voice={"voice": str(tmp_path / "nope.onnx")})
+    with pytest.raises(InvalidVoiceError, match="not an ONNX model"):
+        start_server(state_dir=state, voice={"voice": str(fake)})
+    with pytest.raises(UnsupportedRateError):
+        start_server(state_dir=state, voice={"output_rate": 11025})
 
 
 def test_player_feeds_its_command_and_stops_at_once(tmp_path: Path) -> None:
@@ -296,3 +307,30 @@ def test_own_voice_fed_back_does_not_barge_in_but_a_person_does(mm_server: Any) 
     assert run(trial(False)) == []
     heard = run(trial(True))
     assert heard and 1.5 <= heard[0] <= 1.5 + len(user) / 24000 + 0.5, heard
+
+
+def test_pack_chooses_voice_and_speed(tmp_path: Path) -> None:
+    """pack.yaml's voice: a path relative to the pack and a speed; the server's voice.* wins."""
+    import shutil
+
+    from agent.pack import load_pack
+    from server.config import ServerConfig
+    from voice.piper import embedded_voice
+
+    pack_dir = tmp_path / "pack"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "packs" / "demo_kiosk", pack_dir)
+    onnx, meta = embedded_voice()
+    (pack_dir / "voices").mkdir()
+    (pack_dir / "voices" / "kit.onnx").symlink_to(onnx)
+    (pack_dir / "voices" / "kit.onnx.json").symlink_to(meta)
+    with (pack_dir / "pack.yaml").open("a") as f:
+        f.write("voice: {voice: voices/kit.onnx, speed: 1.25}\n")
+    pack = load_pack(pack_dir)
+    config = ServerConfig().voice_config(pack.voice)
+    assert config.voice == str((pack_dir / "voices" / "kit.onnx").resolve()) and config.length_scale == 0.8
+    assert ServerConfig(voice={"length_scale": 1.1}).voice_config(pack.voice).length_scale == 1.1
+    from voice import Synthesizer
+
+    with Synthesizer(config) as tts:
+        audio, _ = tts.synthesize("Hello there.", output_rate=16000)
+    assert len(audio) > 8000
