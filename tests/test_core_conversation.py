@@ -454,8 +454,8 @@ class FakeChunk:
 class FakeSpeech:
     """A reply's speech: one chunk per text delta, 100 ms of audio per character."""
 
-    def __init__(self, rate: int) -> None:
-        self.rate, self.queue = rate, asyncio.Queue[FakeChunk | None]()
+    def __init__(self, rate: int, hold: asyncio.Event | None = None) -> None:
+        self.rate, self.queue, self.hold = rate, asyncio.Queue[FakeChunk | None](), hold
 
     def feed(self, delta: str) -> None:
         self.queue.put_nowait(FakeChunk(b"\x00\x00" * int(0.1 * self.rate * len(delta)), self.rate, delta))
@@ -468,14 +468,19 @@ class FakeSpeech:
     async def __aiter__(self) -> AsyncIterator[FakeChunk]:
         while (chunk := await self.queue.get()) is not None:
             yield chunk
+        if self.hold is not None:        # the last audio is slow to come: the response stays open
+            await self.hold.wait()
 
 
 class FakeVoice:
     name = "fake"
     output_rates = (16000, 24000)
 
+    def __init__(self, hold: asyncio.Event | None = None) -> None:
+        self.hold = hold
+
     def open_stream(self, output_rate: int | None = None, *, speed: float = 1.0) -> FakeSpeech:
-        return FakeSpeech(output_rate or 24000)
+        return FakeSpeech(output_rate or 24000, self.hold)
 
 
 def test_audio_output_and_truncation_to_what_was_heard() -> None:
@@ -500,6 +505,33 @@ def test_audio_output_and_truncation_to_what_was_heard() -> None:
         assert engine.revised == [("turn_1", "Aisle", False)]
         out = conv.handle(ev({"type": "conversation.item.retrieve", "item_id": item["id"]}))
         assert out[0].item["content"][0]["transcript"] == "Aisle"   # type: ignore[attr-defined]
+
+    run(t)
+
+
+def test_truncate_while_streaming_then_completed_keeps_what_was_heard() -> None:
+    """A truncate that arrives while a spoken response still streams: the response completes,
+    and the item and the stored turn keep only the words spoken before audio_end_ms."""
+    async def t(conv: Conversation, engine: FakeEngine, rt: FakeRuntime) -> None:
+        hold = asyncio.Event()
+        engine.voice = FakeVoice(hold)   # type: ignore[assignment]
+        engine.reply = ["Aisle ", "seven, ", "next to the bulbs."]
+        conv.handle(ev({"type": "session.update", "session": {"output_modalities": ["audio"]}}))
+        conv.handle(text_item())
+        conv.handle(ev({"type": "response.create"}))
+        await settle()
+        out = conv.take()
+        assert "response.done" not in types(out)
+        item_id = next(e for e in out if e.type == "response.output_audio.delta").item_id   # type: ignore[attr-defined]
+        conv.handle(ev({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                        "audio_end_ms": 1300}))      # "Aisle " (600 ms) and "seven, " (700 ms)
+        hold.set()
+        out = await drain(conv)
+        done = out[-1].response   # type: ignore[attr-defined]
+        assert done["status"] == "completed"
+        assert done["output"][0]["content"][0]["transcript"] == "Aisle seven,"
+        await settle()
+        assert engine.revised == [("turn_1", "Aisle seven,", False)]
 
     run(t)
 

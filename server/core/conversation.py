@@ -924,7 +924,10 @@ class Conversation:
 
         try:
             await run_response(self.ctx, r, inp, max_tokens=r.max_output_tokens, on_started=started)
-            if r.status == "cancelled" and r.heard is not None and r.turn and r.control.keeps:
+            # Truncated while it streamed (a barge-in, or a client's truncate): the stored turn
+            # keeps what was heard, whether the response was then cancelled or ran to its end.
+            if r.status in ("cancelled", "completed", "incomplete") and r.heard is not None and r.turn \
+                    and r.control.keeps:
                 await self.engine.revise_turn(self.agent_session, r.turn["turn_id"], reply=r.heard)
         finally:
             if turn.response is r:   # (a dropped preemptive response of this turn is not its response)
