@@ -65,9 +65,10 @@ class VadConfig:
     max_hold_ms: int = 10000          # a preemptive response held longer than this is dropped (the
                                       # turn is answered afresh when it ends)
     echo_gate: bool = True            # the agent's own voice (the audio the server sent, as played)
-                                      # does not start speech: input not louder than it by
-    echo_margin_db: float = 0.0       # this margin, within this many ms after it played, is
-    echo_max_delay_ms: int = 400      # silence to the turn detector (server/core/echo.py)
+                                      # does not start speech: input not louder than it plus
+    echo_margin_db: float = -5.0      # this margin (-5: an echo at least 6 dB below the voice),
+    echo_max_delay_ms: int = 400      # within this many ms after it played, is silence to the
+                                      # turn detector (server/core/echo.py)
 
 
 @dataclass

@@ -4,11 +4,13 @@ The server knows exactly what audio it sent and when the client began to play it
 response's first audio chunk, or its release from a preemptive hold; clients play in real
 time). So for every 10 ms of microphone input it knows the loudest the agent's voice can have
 been at the speaker within the possible echo delays (network, playout buffer, the room:
-``max_delay_ms``). Input that is not louder than that reference by ``margin_db`` is, for the
-turn detector, silence: an echo at a lower level than the voice itself never starts speech. A
-person who speaks over the agent is heard where they are louder than its echo — which, with
-the echo 6 dB or more below the played voice, is where they speak at its level or above — and
-always in the gaps between its phrases.
+``max_delay_ms``). Input that is not louder than that reference plus ``margin_db`` is, for the
+turn detector, silence. The server's default, -5 dB, assumes the loudspeaker's echo reaches the
+microphone at least 6 dB below the audio sent (a kiosk's speaker beside its microphone, with the
+browser's own echo cancellation on top, is far below that); such an echo never starts speech.
+A person who speaks over the agent is heard where their voice and its echo together are louder
+than that — speaking at about the agent's own level or above — and always in the gaps between
+its phrases.
 
 Only the start of speech is gated: once the detector hears a person (a barge-in stops the
 agent's audio), their utterance goes through untouched.
@@ -68,7 +70,7 @@ class EchoGate:
     """See the module docstring. ``floor``: below this reference RMS (about -50 dBFS) the agent
     is silent and nothing is gated."""
 
-    margin_db: float = 0.0
+    margin_db: float = -5.0
     max_delay_ms: int = 400
     floor: float = 0.003
     gated_frames: int = 0          # frames of input treated as echo so far (metrics, tests)
