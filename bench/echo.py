@@ -129,7 +129,9 @@ def main() -> int:
     state = tempfile.mkdtemp(prefix="mmagent-bench-echo-")
     results: dict[str, Any] = {"machine_before": machine(), "question": QUESTION, "runs": {}}
     for gate in args.gate:
-        srv = Server({"vad": {"echo_gate": gate == "on"}}, state, f"echo_{gate}")
+        # Replies capped at 48 tokens (about 6-8 s of speech): the trials fit in a few minutes.
+        srv = Server({"vad": {"echo_gate": gate == "on"}, "pipeline": {"max_output_tokens": 48}}, state,
+                     f"echo_{gate}")
         rows: list[dict[str, Any]] = []
         try:
             seed = 0
