@@ -46,7 +46,7 @@ class Server:
             if not line:
                 raise RuntimeError("server exited:\n" + "".join(self.log[-30:]))
             self.log.append(line)
-            m = re.search(r"WebSocket (?:endpoint: )?(wss?://\S+)", line)
+            m = re.search(r"WebSocket (?:endpoint: )?(wss?://[\w.:/-]+)", line)   # no colour codes
             if m:
                 self.ws_url = m.group(1)
                 break
