@@ -485,7 +485,18 @@ async def run_in_process(agent: Any, conversations: list[Conversation]) -> dict[
                 elif ev.type == "turn.done":
                     final, route = ev.text, ev.route
             out[turn.id] = Reply(final, "".join(deltas), actions, route, (time.perf_counter() - t0) * 1000)
+        _progress(len(out))
     return out
+
+
+_last_progress = [0]
+
+
+def _progress(done: int) -> None:
+    """A line on stderr every 25 turns or so (a slow responder takes minutes)."""
+    if done // 25 > _last_progress[0] // 25:
+        print(f"  {done} turns asked", file=sys.stderr, flush=True)
+    _last_progress[0] = done
 
 
 async def run_remote(url: str, token: str | None, conversations: list[Conversation],
@@ -517,6 +528,7 @@ async def run_remote(url: str, token: str | None, conversations: list[Conversati
                         final = ""
                         break
                 out[turn.id] = Reply(final, "".join(deltas), actions, route, (time.perf_counter() - t0) * 1000)
+        _progress(len(out))
     return out
 
 
@@ -636,7 +648,8 @@ def main(argv: list[str] | None = None) -> int:
         token = args.token or next(iter(t for t in os.environ.get("MMAGENT_TOKENS", "").split(",") if t), None)
         pack = load_pack(None)
         replies = asyncio.run(run_remote(args.url, token, convs))
-        today_given = False   # the server's own config decides; see the module docstring
+        # The server's own configuration (agent.today) decides its date: --today says it was started so.
+        today_given = bool(args.today)
         responder_name = "server"
     else:
         mode = args.responder
