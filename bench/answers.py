@@ -28,7 +28,7 @@ Matching is on normalised text: case-insensitive, curly quotes and dashes folded
 "aisles 7 and 9" → "aisle 7" (and "aisle 9"), "30-day" → "30 day", hyphens → spaces.
 
 "Today" is fixed: ``--today`` (default: the data file's ``today``). It is given to the agent
-through ``AgentConfig.today`` (ISO date) when the agent has that field; otherwise the bench says
+through ``AgentConfig.today`` (or ``AgentConfig.dialogue.today``; ISO date) when the agent has it; otherwise the bench says
 so and scores the date-dependent turns against the machine's own date (what such an agent sees).
 
 Data format (``bench/data/answers.yaml``): top-level ``today``, ``hours`` (per weekday
@@ -544,10 +544,15 @@ async def run_remote(url: str, token: str | None, conversations: list[Conversati
     return out
 
 
-def _agent_config_has_today() -> bool:
-    from agent.config import AgentConfig
-
-    return any(f.name == "today" for f in dataclasses.fields(AgentConfig))
+def _give_today(cfg: Any, today: dt.date) -> bool:
+    """Pin the agent's "today": ``AgentConfig.today``, or ``AgentConfig.dialogue.today`` (issue 10's
+    dialogue manager had it there first). False when the agent has neither."""
+    for holder in (cfg, getattr(cfg, "dialogue", None)):
+        if holder is not None and dataclasses.is_dataclass(holder) and any(
+                f.name == "today" for f in dataclasses.fields(holder)):
+            holder.today = today.isoformat()
+            return True
+    return False
 
 
 def build_agent(responder: str, today: dt.date, *, model: str | None = None, base_url: str | None = None,
@@ -572,9 +577,7 @@ def build_agent(responder: str, today: dt.date, *, model: str | None = None, bas
     if base_url:
         cfg.responder.openai.base_url = base_url
     cfg.store.path = str(Path(tempfile.mkdtemp(prefix="bench-answers-")) / "sessions.sqlite3")
-    fixed = _agent_config_has_today()
-    if fixed:
-        cfg.today = today.isoformat()   # type: ignore[attr-defined]   # the partner's hook (issue 10)
+    fixed = _give_today(cfg, today)
     fusion = None
     if not no_fusion:
         try:
