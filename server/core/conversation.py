@@ -170,6 +170,8 @@ class Conversation:
         self._tools = {t.name: t for t in engine.tools()}
         # The agent's own voice in the microphone must not start a turn (server/core/echo.py).
         self.echo = EchoGate(vad.echo_margin_db, vad.echo_max_delay_ms) if vad.echo_gate else None
+        self._in_samples = 0                       # input samples received (the input's own clock)
+        self._in_anchor: float | None = None
         self._closed = False
         self.ctx = PipelineContext(engine=engine, metrics=self.metrics, agent_session=agent_session,
                                    rate=lambda: self.audio.rate, emit=self._emit,
@@ -330,6 +332,7 @@ class Conversation:
         if turn is not None:
             self._drop_speculation(turn)
         kept = self.audio.configure(self.settings)
+        self._in_samples, self._in_anchor = 0, None   # the input's clock restarts (its rate may differ)
         if self.audio.detector is None:
             self.audio.buffer(kept)
         if turn is not None and turn.state in (S.LISTENING, S.PAUSED):
@@ -346,11 +349,24 @@ class Conversation:
         if self.audio.detector is None:
             self.audio.buffer(pcm)
             return pcm, None
+        end_time = self._input_clock(len(pcm))
         if self.echo is not None and not self.audio.detector.speaking:
             refs = self._echo_references()
             if refs:
-                pcm = self.echo.apply(pcm, self.audio.rate, self.rt.now(), refs)
+                pcm = self.echo.apply(pcm, self.audio.rate, end_time, refs)
         return pcm, self.audio.detector
+
+    def _input_clock(self, samples: int) -> float:
+        """The clock time the chunk just received ends at, by the input's own sample count from
+        its least-delayed chunk: chunks that arrive late in a burst (a busy client or network)
+        keep their place in time. A gap of over a second in sending starts a new anchor."""
+        now = self.rt.now()
+        self._in_samples += samples
+        at = now - self._in_samples / self.audio.rate
+        if self._in_anchor is None or at < self._in_anchor or now - (self._in_anchor + self._in_samples /
+                                                                     self.audio.rate) > 1.0:
+            self._in_anchor = at
+        return self._in_anchor + self._in_samples / self.audio.rate
 
     def _echo_references(self) -> list[Reference]:
         """The replies whose audio may be playing now: the active one, the last finished one."""
