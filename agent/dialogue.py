@@ -184,15 +184,10 @@ class DialogueManager:
                     asking = (prev_slots & HOURS_SLOTS) or {"hours"}
             # entity: this part's own, else the previous one (follow-up, pronoun)
             if not entries and not q.facts and not days and not q.closed_days and not q.unknown \
-                    and not (asking & HOURS_SLOTS):
-                if prev_entity is not None:
-                    entries = [self.pack.entry(prev_entity)]
-                    if not asking and prev_slots:
-                        asking = set(prev_slots)
-            if not entries and not q.facts and days == [] and not q.closed_days and asking & HOURS_SLOTS \
-                    and prev_days and not q.unknown and "hours" not in q.slots and len(questions) == 1 \
-                    and not q.slots & {"opens", "closes"}:
-                days = []
+                    and not (asking & HOURS_SLOTS) and prev_entity is not None:
+                entries = [self.pack.entry(prev_entity)]
+                if not asking and prev_slots:
+                    asking = set(prev_slots)
             out = self._answer_one(q, entries, asking, days, plan)
             if out is None:
                 if q.unknown and not entries:
@@ -342,9 +337,9 @@ class DialogueManager:
                     out.append(self._t("holiday_hours", open=h.open, close=h.close))
                     plan.hours.append(("holiday", h.open, h.close))
                     plan.required += [h.open, h.close]
-                for c in h.closed:
+                for closed_day in h.closed:
                     if not q.closed_days:
-                        out.append(self._t("holiday_closed", name=c.name))
+                        out.append(self._t("holiday_closed", name=closed_day.name))
         if resolved and he is not None:
             self._select(plan, he)
             self._act(plan, he)

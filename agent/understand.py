@@ -45,7 +45,7 @@ _WORD_RE = re.compile(r"[a-z0-9]+(?:['’\-][a-z0-9]+)*|[?.!;,&]")
 _MODIFIERS = {"fresh", "cold", "warm", "new", "good", "nice", "big", "small", "large", "little", "plain", "regular",
               "normal", "standard", "basic", "spare", "extra", "some", "cheapest", "best", "cheap", "the", "a", "an",
               "any", "more", "few", "couple", "two", "three", "four", "pack", "packet", "box", "bottle", "carton",
-              "of", "my", "your", "for", "new", "replacement", "decent", "quick"}
+              "of", "my", "your", "for", "replacement", "decent", "quick"}
 
 
 def stem(word: str) -> str:
@@ -244,7 +244,7 @@ class Understander:
         acts: set[str] = set()
         questions: list[Question] = []
         start = 0
-        for cut in sorted(set(cuts)) + [len(words)]:
+        for cut in [*sorted(set(cuts)), len(words)]:
             part = range(start, cut)
             start = cut + 1
             if not part:
@@ -272,7 +272,7 @@ class Understander:
             questions.append(q)
         if card_number:   # a payment card number typed or read out: never taken, never repeated
             acts.add("unsafe")
-        asked = [q for q in questions if q.asks() or q.pronoun and q.slots]
+        asked = [q for q in questions if q.asks() or (q.pronoun and q.slots)]
         return Understanding(" ".join(words), [a for a in ACTS if a in acts], asked, corrections)
 
     def _unknown(self, words: list[str], part: range, covered: dict[int, list[_Match]], q: Question) -> list[str]:

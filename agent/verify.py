@@ -90,7 +90,7 @@ class Verifier:
             if e.holidays and e.holidays.open and e.holidays.close:
                 self.holiday = (times_in(e.holidays.open)[0], times_in(e.holidays.close)[0])
         self.times = {t for oc in self.hours.values() for t in oc} | set(self.holiday or ()) | \
-            {t for t in (times_in(s) for s in texts) for t in t}
+            {t for s in texts for t in times_in(s)}
         self.spoken_days = set(plan.days) or set(self.hours)
         self.selected_ids = {e.id for e in plan.entries}
         self.selected_facts = {(f.id, f.value) for f in plan.facts} | \
@@ -109,7 +109,7 @@ class Verifier:
         if _INTERNAL_RE.search(sentence):
             return "internal_label"
         for name in self.internal:
-            if "_" in name and name in low or (" " in name and re.search(rf"\b{re.escape(name)}\b", low)):
+            if ("_" in name and name in low) or (" " in name and re.search(rf"\b{re.escape(name)}\b", low)):
                 return f"internal_label:{name}"
         for lb in self.labels:
             if re.search(rf"\b{re.escape(lb)}\b", low) and lb not in self.selected_text:
@@ -125,10 +125,12 @@ class Verifier:
             return "card_number"
         u = self.u.understand(sentence)
         named = [self.pack.entry(i) for q in u.questions for i in q.entries]
-        products = [e for e in named if e.kind == "product"]
-        for e in products:
-            if e.id not in self.selected_ids:
-                return f"unselected_product:{e.id}"
+        products = []
+        for e in (e for e in named if e.kind == "product"):
+            if e.id in self.selected_ids:
+                products.append(e)
+            elif not any(re.search(rf"\b{re.escape(a.lower())}\b", self.selected_text) for a in e.aliases):
+                return f"unselected_product:{e.id}"   # (named by a selected entry: "by the batteries")
         # prices
         for p in _prices(sentence):
             if round(p, 2) not in self.prices:
