@@ -132,7 +132,7 @@ class Agent:
         self.policy = Policy(pack, config.policy)
         self.dialogue: DialogueManager | None = None
         if config.dialogue.enabled:
-            today = config.dialogue.today
+            today = config.today
             clock = (lambda d=_dt.date.fromisoformat(str(today)): d) if today else None
             self.dialogue = DialogueManager(pack, clock=clock,
                                             fallback_min_cosine=config.dialogue.fallback_min_cosine)
@@ -341,15 +341,23 @@ class Agent:
                 negative_streak=session.negative_streak(self.config.policy.negative_min_confidence),
                 face_count=face_count, previous_face_count=prev_faces)
             plan: Plan | None = None
-            if decision.route == "respond" and self.dialogue is not None and record.text.strip():
+            # The fused intent asking for staff hands off, unless the words name something the
+            # pack answers ("where's customer service?" is not a request for a person).
+            intent_handoff = decision.route == "handoff" and decision.reason == "requested"
+            if (decision.route == "respond" or intent_handoff) and self.dialogue is not None and record.text.strip():
                 t0 = time.perf_counter()
                 dialogue_state = DialogueState.from_json(session.dialogue_state)
                 plan = self.dialogue.plan(record.text, dialogue_state,
                                           retrieve=lambda: [(h.entry, h.cosine) for h in self.retrieve(perceived, fused)])
                 timings["dialogue"] = _ms(time.perf_counter() - t0)
-                record.dialogue = plan.to_json()
-                if plan.route != "answer":   # an act, answered from the pack's messages
-                    decision = Decision(plan.route, "dialogue", plan.text, list(plan.actions))
+                if intent_handoff and plan.route != "answer":
+                    plan, dialogue_state = None, None    # the policy's handoff stands
+                else:
+                    record.dialogue = plan.to_json()
+                    if plan.route == "answer":
+                        decision = Decision("respond")
+                    else:   # an act, answered from the pack's messages
+                        decision = Decision(plan.route, "dialogue", plan.text, list(plan.actions))
             record.route = decision.route
 
             actions_done: list[dict[str, Any]] = []

@@ -169,25 +169,16 @@ class RetrievalConfig:
 class DialogueConfig:
     """The dialogue manager in front of the responder (agent/dialogue.py).
 
-    ``today``: an ISO date ("2026-12-05") that "today"/"tomorrow" mean, for tests and benchmarks;
-    None = the machine's local date. ``fallback_min_cosine``: a turn the pack's words do not
+    ("Today" is ``AgentConfig.today``.) ``fallback_min_cosine``: a turn the pack's words do not
     match is answered from the best embedding hit only at this cosine or more (else the pack's
     no-information answer); calibrated on the answer benchmark (docs/agent.md, "Retrieval").
     ``enabled: false`` turns it off: every turn goes to retrieval + responder as before (the
     number guard only), for comparison."""
 
     enabled: bool = True
-    today: str | None = None
     fallback_min_cosine: float = 0.62
 
     def validate(self) -> DialogueConfig:
-        if self.today is not None:
-            import datetime as _dt
-
-            try:
-                _dt.date.fromisoformat(str(self.today))
-            except ValueError as exc:
-                raise ConfigError(f"dialogue.today must be an ISO date like 2026-12-05, got {self.today!r}") from exc
         if not -1 <= self.fallback_min_cosine <= 1:
             raise ConfigError(f"dialogue.fallback_min_cosine must be in [-1, 1], got {self.fallback_min_cosine}")
         return self
@@ -269,6 +260,9 @@ class AgentConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     dialogue: DialogueConfig = field(default_factory=DialogueConfig)
     drain_timeout_s: float = 2.0     # after a cancel, how long to wait for the backend to stop
+    # The date "today" and "tomorrow" mean (ISO, "2026-12-05"), for tests and benchmarks;
+    # None = the machine's local date.
+    today: str | None = None
 
     def pack_dir(self) -> Path:
         return Path(self.pack) if self.pack else DEFAULT_PACK_DIR
@@ -280,6 +274,13 @@ class AgentConfig:
         self.store.validate()
         self.prompt.validate()
         self.dialogue.validate()
+        if self.today is not None:
+            import datetime as _dt
+
+            try:
+                _dt.date.fromisoformat(str(self.today))
+            except ValueError as exc:
+                raise ConfigError(f"today must be an ISO date like 2026-12-05, got {self.today!r}") from exc
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from .pack import WEEKDAYS, Entry, KnowledgePack, PolicyFact
 from .understand import Question, Understander, Understanding
 
 HOURS_SLOTS = {"opens", "closes", "hours"}
-PRODUCT_SLOTS = {"where", "price", "exists"}
+PRODUCT_SLOTS = {"where", "price", "size", "exists"}
 # A hostile turn (rude or abusive) is de-escalated; this many in a session hand off to staff.
 HOSTILE_TURNS_FOR_HANDOFF = 2
 
@@ -115,6 +115,11 @@ class DialogueManager:
     def _plan(self, u: Understanding, state: DialogueState, retrieve: Retrieve | None) -> Plan:
         acts = set(u.acts)
         m = self.msgs
+        # Parts that name only things the pack does not know, and ask nothing ("I bought a kettle
+        # last week", "that's helpful"), are context: dropped when something else is asked or said.
+        informative = [q for q in u.questions if q.entries or q.facts or q.days or q.closed_days
+                       or q.slots & (PRODUCT_SLOTS | HOURS_SLOTS)]
+        questions = informative if (informative or acts) else u.questions
         if "unsafe" in acts:
             return Plan("refuse", m["refusal"])
         prefix = ""
@@ -123,12 +128,13 @@ class DialogueManager:
             if state.hostile >= HOSTILE_TURNS_FOR_HANDOFF:
                 state.hostile = 0
                 return self._handoff("negative_emotion")
-            if not u.questions:
+            if not questions:
                 return Plan("deescalate", m["deescalate"])
             prefix = m["deescalate_short"]
         if "staff" in acts:
             return self._handoff("requested")
-        questions = u.questions
+        if "noise" in acts and not questions:
+            return Plan("repeat", m["repeat_request"])
         if "off_topic" in acts and not any(q.entries or q.facts or q.closed_days or q.slots & HOURS_SLOTS
                                            for q in questions):
             return Plan("off_topic", m["off_topic"])
@@ -172,9 +178,16 @@ class DialogueManager:
         prev_entity = state.focus
         prev_days = list(state.days)
         unknown_only = True
+        # "I don't have my receipt. Can I still return this?": the no-receipt answer, for the turn
+        superseded = {s for q in questions for i in q.entries for s in self.pack.entry(i).supersedes}
         for q in questions:
             asking = q.slots & (PRODUCT_SLOTS | HOURS_SLOTS)
-            entries = self._entries(q)
+            entries = self._entries(q, superseded)
+            # "can I get cashback at the till?": asked whether about a thing the pack does not
+            # name, at a place it does — the place's text would not answer it
+            if q.unknown and q.slots & {"exists", "whether"} and not q.facts \
+                    and not any(e.kind == "product" for e in entries):
+                entries = []
             days = list(q.days)
             # slots: this part's own, else the previous part's / the last turn's
             if not asking and (entries or days or q.closed_days or q.facts):
@@ -184,7 +197,8 @@ class DialogueManager:
                     asking = (prev_slots & HOURS_SLOTS) or {"hours"}
             # entity: this part's own, else the previous one (follow-up, pronoun)
             if not entries and not q.facts and not days and not q.closed_days and not q.unknown \
-                    and not (asking & HOURS_SLOTS) and prev_entity is not None:
+                    and not (asking & HOURS_SLOTS) and prev_entity is not None \
+                    and prev_entity not in superseded:
                 entries = [self.pack.entry(prev_entity)]
                 if not asking and prev_slots:
                     asking = set(prev_slots)
@@ -218,9 +232,9 @@ class DialogueManager:
             plan.entries, plan.facts, plan.hours, plan.required, plan.actions = [], [], [], [], []
         return plan
 
-    def _entries(self, q: Question) -> list[Entry]:
+    def _entries(self, q: Question, superseded: set[str] = frozenset()) -> list[Entry]:  # type: ignore[assignment]
         entries = [self.pack.entry(i) for i in q.entries]
-        dropped = {s for e in entries for s in e.supersedes}
+        dropped = {s for e in entries for s in e.supersedes} | superseded
         return [e for e in entries if e.id not in dropped]
 
     def _select(self, plan: Plan, entry: Entry) -> None:
@@ -277,6 +291,12 @@ class DialogueManager:
     def _product(self, e: Entry, asking: set[str], plan: Plan) -> list[str]:
         where, price = "where" in asking, "price" in asking
         subject = e.subject or e.name
+        if "size" in asking and not where and not price:
+            if not e.unit:
+                self._act(plan, e)
+                return [e.text]
+            plan.required.append(e.unit)
+            return [self._t("size", e.plural, Subject=subject, unit=e.unit)]
         fields = {"Subject": subject, "subject": subject[:1].lower() + subject[1:], "aisle": str(e.aisle),
                   "price": self.price(e.price or 0.0),
                   "location": self._t("location", location=e.location) if e.location else ""}

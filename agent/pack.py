@@ -41,7 +41,7 @@ MESSAGE_KEYS = ("greeting", "repeat_request", "no_information", "handoff", "refu
 # when the pack has templates, i.e. is meant for the dialogue manager).
 DIALOGUE_MESSAGE_KEYS = ("thanks", "goodbye", "acknowledge", "off_topic", "deescalate", "deescalate_short",
                          "clarify", "nothing_to_repeat")
-TEMPLATE_KEYS = ("where", "price", "location", "when_day", "when_today", "when_tomorrow", "hours", "opens",
+TEMPLATE_KEYS = ("where", "price", "size", "location", "when_day", "when_today", "when_tomorrow", "hours", "opens",
                  "closes", "holiday_hours", "holiday_closed", "fact_yes", "fact_no")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 # A clock time as packs write it: "8 am", "9:30 pm", "10am", or 24-hour "08:00", "21:30".

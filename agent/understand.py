@@ -33,10 +33,13 @@ from .pack import KnowledgePack
 
 LEXICON_DIR = Path(__file__).resolve().parent / "lexicons"
 # Acts the lexicon defines, in the order they win when a turn holds several and asks nothing.
-ACTS = ("unsafe", "abusive", "rude", "staff", "repeat", "goodbye", "thanks", "greeting", "acknowledge", "off_topic")
-SLOTS = ("where", "price", "exists", "opens", "closes", "hours", "whether")
+ACTS = ("unsafe", "abusive", "rude", "staff", "repeat", "goodbye", "thanks", "greeting", "acknowledge", "off_topic",
+        "noise")
+SLOTS = ("where", "price", "size", "exists", "opens", "closes", "hours", "duration", "whether")
 # Slots that ask something by themselves (a part with only "whether" asks nothing yet).
-ASKING_SLOTS = ("where", "price", "exists", "opens", "closes", "hours")
+ASKING_SLOTS = ("where", "price", "size", "exists", "opens", "closes", "hours", "duration")
+# Hesitations and noise a transcript may hold ("uhh", "mmm hnn"): a turn of only these is not heard.
+_FILLER_RE = re.compile(r"^(u+h*m*|u+m+|m+h*|h+m+|e+r+m*|e+h+|a+h+|h+n+|n+|o+h+|hm+|mhm+|uh+huh|huh+|s+h+)$")
 _SPLIT_WORDS = {"and", "also", "plus", "or", "then", "but", "as well as", "&"}
 # 12-19 digits in groups (a payment card number), spaces or dashes between.
 _CARD_NUMBER_RE = re.compile(r"(?<!\d)(?:\d[ -]?){12,19}(?!\d)")
@@ -178,10 +181,33 @@ class Understander:
         self.known = {w for k in self.index for w in k} | set(self.lex.stopwords)
         self.targets = sorted({w for k, vals in self.index.items() for w in k
                                if len(w) >= 4 and any(kind in ("entry", "fact", "closed", "day", "slot")
-                                                      for kind, _ in vals)})
+                                                      for kind, _ in vals)} | {w for w in self.lex.stopwords if len(w) >= 4})
+        # Names of two or more words, for a mis-heard pair ("apple pie" → "apple pay") and one
+        # word heard as two ("batter ease" → "batteries"): spelled out, before stemming.
+        self.phrases: dict[str, tuple[str, ...]] = {}
+        for e in pack.entries:
+            for a in (*e.aliases, *(a for f in e.facts for a in f.aliases)):
+                low = a.lower()
+                if len(low) >= 7:
+                    self.phrases[low] = tuple(stem(w) for w in _WORD_RE.findall(low))
+
+    def _close(self, word: str) -> str | None:
+        """The vocabulary word ``word`` is a misspelling of, or None. Short words need a closer
+        match (one letter in five); a word containing a vocabulary word is a compound ("iphone",
+        "cashback"), not a misspelling of it."""
+        cutoff = 0.88 if len(word) <= 5 else 0.8
+        for cand in difflib.get_close_matches(word, self.targets, n=3, cutoff=cutoff):
+            if cand in word and cand != word:
+                continue
+            return cand
+        return None
 
     def _add(self, phrase: str, kind: str, key: str) -> None:
-        words = tuple(stem(w) for w in _WORD_RE.findall(phrase.lower()) if w not in "?.!;,")
+        raw: list[str] = []
+        for w in _WORD_RE.findall(phrase.lower().replace("’", "'")):   # the text's own rewriting
+            rep = self.lex.rewrite.get(w)
+            raw.extend(rep.split() if rep else [w])
+        words = tuple(stem(w) for w in raw if w not in "?.!;,")
         if words:
             vals = self.index.setdefault(words, [])
             if (kind, key) not in vals:
@@ -198,18 +224,46 @@ class Understander:
             words.extend(rep.split() if rep else [w])
         out: list[str] = []
         corrections: dict[str, str] = {}
-        for w in words:
+        k = 0
+        while k < len(words):
+            w = words[k]
             s = stem(w)
-            if s in self.known or w in self.known or len(s) < 4 or s.isdigit() or w in "?.!;,&":
+            unknown = not (s in self.known or w in self.known or len(s) < 4 or s.isdigit() or w in "?.!;,&")
+            if k + 1 < len(words) and words[k + 1] not in "?.!;,&":
+                nxt = words[k + 1]
+                nxt_unknown = not (stem(nxt) in self.known or nxt in self.known or nxt.isdigit())
+                if unknown or nxt_unknown:
+                    pair = self._pair(w, nxt)
+                    if pair is not None:
+                        corrections[f"{w} {nxt}"] = " ".join(pair)
+                        out.extend(pair)
+                        k += 2
+                        continue
+            if not unknown:
                 out.append(s)
-                continue
-            close = difflib.get_close_matches(s, self.targets, n=1, cutoff=0.8)
-            if close:
-                corrections[w] = close[0]
-                out.append(close[0])
             else:
-                out.append(s)
+                close = self._close(w) or self._close(s)
+                if close:
+                    corrections[w] = close
+                out.append(close or s)
+            k += 1
         return out, corrections
+
+    def _pair(self, a: str, b: str) -> tuple[str, ...] | None:
+        """Two heard words that are one name of the pack: a mis-heard pair or a split word."""
+        joined = difflib.get_close_matches(f"{a} {b}", list(self.phrases), n=1, cutoff=0.75)
+        # only when one word is heard right and is a word of its own ("apple pie" → "apple pay";
+        # not "my house" → "my phone")
+        if joined and " " in joined[0]:
+            first, second = joined[0].split(" ", 1)
+            right = (a == first and len(a) >= 4 and a not in self.lex.stopwords) or \
+                (b == second and len(b) >= 4 and b not in self.lex.stopwords)
+            if right:
+                return self.phrases[joined[0]]
+        glued = difflib.get_close_matches(a + b, [p for p in self.phrases if " " not in p], n=1, cutoff=0.8)
+        if glued and len(a + b) >= 7:
+            return self.phrases[glued[0]]
+        return None
 
     def _matches(self, words: list[str]) -> list[_Match]:
         """Longest phrase matches, left to right; unmatched words are left out."""
@@ -219,6 +273,8 @@ class Understander:
             for n in range(min(self.max_len, len(words) - i), 0, -1):
                 vals = self.index.get(tuple(words[i:i + n]))
                 if vals:
+                    if any(kind in ("entry", "fact") for kind, _ in vals):   # "till": the tills, not "until"
+                        vals = [(kind, key) for kind, key in vals if kind != "slot"]
                     for kind, key in vals:
                         out.append(_Match(i, i + n, kind, key))
                     i += n
@@ -270,8 +326,13 @@ class Understander:
                     q.negated = True
             q.unknown = self._unknown(words, part, covered, q)
             questions.append(q)
+        if "acknowledge" in acts and any(q.unknown for q in questions):
+            acts.discard("acknowledge")   # "a good restaurant": not an "okay, good"
         if card_number:   # a payment card number typed or read out: never taken, never repeated
             acts.add("unsafe")
+        content = [w for w in words if w not in "?.!;,&"]
+        if content and all(_FILLER_RE.match(w) for w in content):
+            acts.add("noise")
         asked = [q for q in questions if q.asks() or (q.pronoun and q.slots)]
         return Understanding(" ".join(words), [a for a in ACTS if a in acts], asked, corrections)
 
@@ -295,12 +356,14 @@ class Understander:
             for neighbour in (k - 1, j + 1):
                 for m in covered.get(neighbour, []):
                     # products: "oat milk", "milk chocolate"; places and services: "toilet paper"
-                    if m.kind == "entry" and m.key in q.entries and (self._is_product(m.key) or neighbour < k) \
+                    named = q.entries if m.kind == "entry" else q.facts if m.kind == "fact" else None
+                    if named is not None and m.key in named and ((m.kind == "entry" and self._is_product(m.key))
+                                                                 or neighbour < k) \
                             and not (set(phrase) <= _MODIFIERS):
-                        q.entries.remove(m.key)
+                        named.remove(m.key)
                         alias = words[m.start:m.end]
                         phrase = [*phrase, *alias] if neighbour > j else [*alias, *phrase]
-            if not set(phrase) <= _MODIFIERS:
+            if not set(phrase) <= _MODIFIERS and not all(_FILLER_RE.match(w) for w in phrase):
                 unknown.append(" ".join(phrase))
             k = j + 1
         return unknown
