@@ -168,7 +168,8 @@ class Verifier:
                 if t not in allowed:
                     return f"time_of_day:{m.group(0)}"
         # yes/no facts, clause by clause
-        for clause in _CLAUSE_RE.split(sentence):
+        done, rest = split_sentences(sentence)
+        for clause in (c for part in [*done, rest] for c in _CLAUSE_RE.split(part)):
             cu = self.u.understand(clause)
             negated = bool(_NEGATION_RE.search(clause))
             for q in cu.questions:
