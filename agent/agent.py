@@ -532,7 +532,10 @@ class Agent:
 
         stream = self.responder.stream(request, rtoken)
         try:
-            async for chunk in stream:
+            async for chunk in self._composed_on_error(stream, plan, sent, text_parts, timings, t_fused):
+                if isinstance(chunk, TextDeltaEvent):   # the composed answer, the responder having failed
+                    yield chunk
+                    continue
                 if token.is_set():
                     break
                 if isinstance(chunk, ToolCall):
@@ -597,6 +600,24 @@ class Agent:
                 timings[k] = round(request.stats[k], 2)
         if "first_token_s" in request.stats:
             timings["first_token_model"] = _ms(request.stats["first_token_s"])
+
+    @staticmethod
+    async def _composed_on_error(stream: AsyncIterator[Any], plan: Plan, sent: list[str], text_parts: list[str],
+                                 timings: dict[str, float], t_fused: float) -> AsyncIterator[Any]:
+        """The responder's chunks; when it fails (a backend timeout or a dropped connection)
+        before a verified sentence was sent, the customer still gets the composed answer, as
+        text deltas, before the error ends the turn."""
+        try:
+            async for chunk in stream:
+                yield chunk
+        except MMAgentError:
+            if not sent and not text_parts:
+                for piece in re.findall(r"\S+\s*", plan.text):
+                    if not text_parts:
+                        timings["first_delta"] = _ms(time.perf_counter() - t_fused)
+                    text_parts.append(piece)
+                    yield TextDeltaEvent(piece)
+            raise
 
     async def _respond_with_model(self, session: Session, perceived: PerceivedTurn, fused: Any,
                                   record: TurnRecord, timings: dict[str, float], token: CancelToken,

@@ -19,6 +19,7 @@ the benchmark).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -274,7 +275,14 @@ class DialogueManager:
             else:
                 out.append(e.text)
                 self._act(plan, e)
+                plan.required += self._numbers(e.text)
         return out or None
+
+    @staticmethod
+    def _numbers(text: str) -> list[str]:
+        """The numbers an entry's text states ("30 days", "aisle 12", "2 hours"): a paraphrase
+        of the text must keep them."""
+        return [n for n in re.findall(r"(?<![\d.$])\d+(?![\d.:])", text)]
 
     def _fact(self, fact_id: str, entries: list[Entry]) -> tuple[PolicyFact | None, Entry | None]:
         owners = [(f, e) for e in self.pack.entries for f in e.facts if f.id == fact_id]

@@ -123,6 +123,13 @@ class Verifier:
                 return f"blocked:{pat.pattern}"
         if _CARD_RE.search(sentence):
             return "card_number"
+        # "No, we cannot return it" where the answer is not a no (and the same for yes)
+        lead = re.match(r"\s*(yes|no|yeah|nope|sure|of course)\b", low)
+        if lead:
+            said_yes = lead.group(1) not in ("no", "nope")
+            composed = re.match(r"\s*(yes|no)\b", self.plan.text.lower())
+            if composed is None or (composed.group(1) == "yes") != said_yes:
+                return f"yes_no:{lead.group(1)}"
         u = self.u.understand(sentence)
         named = [self.pack.entry(i) for q in u.questions for i in q.entries]
         products = []
