@@ -138,8 +138,9 @@ def test_text_turn(mm_server: Any) -> None:
     run(main())
 
 
-def test_session_max_output_tokens_caps_the_reply(mm_server: Any) -> None:
+def test_session_max_output_tokens_caps_the_reply(llm_server: Any) -> None:
     """session.max_output_tokens = 2 caps the local model at two tokens for this session only."""
+    mm_server = llm_server
     async def reply(c: RealtimeClient) -> tuple[int, str]:
         await c.send_text("Tell me about your opening hours and the service desk.")
         evs = await collect_until(c, "response.done")
