@@ -93,10 +93,7 @@ class Verifier:
             {t for s in texts for t in times_in(s)}
         self.spoken_days = set(plan.days) or set(self.hours)
         self.selected_ids = {e.id for e in plan.entries}
-        # A yes/no question ("can I pay with Apple Pay?") selects its facts only: the answer
-        # may not go on about other payment methods ("…like cash and credit cards").
-        self.facts_only = bool(plan.facts)
-        self.selected_facts = {(f.id, f.value) for f in plan.facts} if plan.facts else \
+        self.selected_facts = {(f.id, f.value) for f in plan.facts} | \
             {(f.id, f.value) for e in plan.entries for f in e.facts}
         self.labels = [lb.lower() for lb in labels if lb and len(lb) > 2]
         lex = understander.lex
@@ -186,7 +183,7 @@ class Verifier:
                 for fid in q.facts:
                     values = {v for (i, v) in self.selected_facts if i == fid}
                     if not values:
-                        if self.facts_only or not any(a in self.selected_text for a in self._fact_aliases(fid)):
+                        if not any(a in self.selected_text for a in self._fact_aliases(fid)):
                             return f"unselected_fact:{fid}"
                         continue
                     if (not negated) not in values:

@@ -159,7 +159,6 @@ def verifier(dm: DialogueManager, question: str) -> tuple[Plan, Verifier]:
     ("can I return something without a receipt?", "No, we cannot return something without a receipt.", "yes_no"),
     ("how can I pay?", "We do not take cash or credit cards.", "fact:"),
     ("where is the milk?", "Milk is in aisle 2, next to the batteries.", "unselected_product"),
-    ("can I pay with apple pay?", "We accept phone payments like cash and credit cards.", "unselected_fact"),
     ("where is the milk?", "Detected intent: find_product (0.91).", "internal_label"),
     ("where is the milk?", "You're stupid, milk is in aisle 2.", "insult"),
 ])
