@@ -249,6 +249,9 @@ class DialogueManager:
     def _answer_one(self, q: Question, entries: list[Entry], asking: set[str], days: list[str],
                     plan: Plan) -> list[str] | None:
         out: list[str] = []
+        # "a charger for my phone": a product named, no payment place — not a payment question
+        if q.facts and any(e.kind == "product" for e in entries) and not any(e.facts for e in entries):
+            q.facts = []
         # yes/no facts ("do you take cheques?", "can I pay cash at the self-checkout?")
         if q.facts:
             for fid in q.facts:

@@ -182,6 +182,8 @@ class Understander:
         self.targets = sorted({w for k, vals in self.index.items() for w in k
                                if len(w) >= 4 and any(kind in ("entry", "fact", "closed", "day", "slot")
                                                       for kind, _ in vals)} | {w for w in self.lex.stopwords if len(w) >= 4})
+        self.slot_words = {w for k, vals in self.index.items() for w in k
+                           if all(kind == "slot" for kind, _ in vals)}
         # Names of two or more words, for a mis-heard pair ("apple pie" → "apple pay") and one
         # word heard as two ("batter ease" → "batteries"): spelled out, before stemming.
         self.phrases: dict[str, tuple[str, ...]] = {}
@@ -198,6 +200,9 @@ class Understander:
         cutoff = 0.88 if len(word) <= 5 else 0.8
         for cand in difflib.get_close_matches(word, self.targets, n=3, cutoff=cutoff):
             if cand in word and cand != word:
+                continue
+            # a question word is corrected only when very close ("nearest" is not "earliest")
+            if cand in self.slot_words and difflib.SequenceMatcher(None, word, cand).ratio() < 0.85:
                 continue
             return cand
         return None
@@ -273,8 +278,13 @@ class Understander:
             for n in range(min(self.max_len, len(words) - i), 0, -1):
                 vals = self.index.get(tuple(words[i:i + n]))
                 if vals:
-                    if any(kind in ("entry", "fact") for kind, _ in vals):   # "till": the tills, not "until"
-                        vals = [(kind, key) for kind, key in vals if kind != "slot"]
+                    if any(kind in ("entry", "fact") for kind, _ in vals) and any(k == "slot" for k, _ in vals):
+                        # "till": the tills — unless it reads as "until" ("open till what time?")
+                        nxt = words[i + n] if i + n < len(words) else ""
+                        prev = words[i - 1] if i else ""
+                        as_slot = nxt in ("what", "when", "how", "late", "midnight") or nxt[:1].isdigit() \
+                            or prev in ("open", "opened") or i == 0
+                        vals = [(kind, key) for kind, key in vals if (kind == "slot") == as_slot]
                     for kind, key in vals:
                         out.append(_Match(i, i + n, kind, key))
                     i += n
