@@ -28,7 +28,7 @@ Matching is on normalised text: case-insensitive, curly quotes and dashes folded
 "aisles 7 and 9" → "aisle 7" (and "aisle 9"), "30-day" → "30 day", hyphens → spaces.
 
 "Today" is fixed: ``--today`` (default: the data file's ``today``). It is given to the agent
-through ``AgentConfig.today`` (ISO date) when the agent has that field; otherwise the bench says
+through ``AgentConfig.today`` (or ``AgentConfig.dialogue.today``; ISO date) when the agent has it; otherwise the bench says
 so and scores the date-dependent turns against the machine's own date (what such an agent sees).
 
 Data format (``bench/data/answers.yaml``): top-level ``today``, ``hours`` (per weekday
@@ -280,11 +280,14 @@ def entry_text(entry: Any) -> str:
 
 def allowed_facts(pack: Any, entry_ids: list[str], question: str) -> Facts:
     """What a reply to ``question`` may state: the facts of those pack entries (weekday ranges
-    expanded: "Monday to Saturday" allows Wednesday), and any weekday the customer named."""
+    expanded: "Monday to Saturday" allows Wednesday), and any weekday or plain number the customer
+    named."""
     by_id = {e.id: e for e in pack.entries}
     text = " . ".join(entry_text(by_id[i]) for i in entry_ids if i in by_id)
     allowed = facts_in(text, expand_ranges=True)
-    allowed.days |= facts_in(question).days
+    asked = facts_in(question)
+    allowed.days |= asked.days
+    allowed.numbers |= asked.numbers    # "can I come at 8?" - "at 8" echoes; a price or an aisle may not
     return allowed
 
 
@@ -294,7 +297,12 @@ _NEGATION = re.compile(r"\b(not|no|never|cannot|can't|don't|doesn't|won't|isn't|
 _CLOSED = re.compile(r"\b(closed|shut|not open|n't open)\b", re.I)
 _GENERIC_DEBUG = re.compile(
     r"detected intent|\bintent\b\s*[:=(]|camera sees|the camera (sees|shows)|\blabels?:|\bfacts?:|\bquestion:|"
-    r"\banswer:|\bcontext:|\b(assistant|user|system):|<\||\|>|[{}\[\]]|\b\w+_\w+\b|\btool ?call\b", re.I)
+    r"\banswer:|\bcontext:|\bto be exact:|\b(assistant|user|system|chat):|<\||\|>|[{}\[\]]|\b\w+_\w+\b|"
+    r"\btool ?call\b", re.I)
+# A half sentence ended by a dash: "costs —", "is in aisle —" (where a guard cut the reply and glued more).
+_DANGLING_DASH = re.compile(r"\b(is|are|of|to|on|in|at|aisle|costs?|with|the|a|an|and|for|be|by|from|up)\s*[\u2014\u2013]",
+                            re.I)
+_URL = re.compile(r"\bhttps?://\S+|\bwww\.\S+|\b\w+\.(com|org|net|co\.uk)\b", re.I)
 
 
 def clauses(text: str) -> list[str]:
@@ -343,6 +351,9 @@ def splice_problems(reply: str, *, canned: list[str], labels: list[str], streame
             before = text[:i].rstrip()
             if before and before[-1] not in ".!?":
                 out.append(f"canned message glued mid-sentence: …{before[-30:]!r} + {msg[:30]!r}")
+    m = _DANGLING_DASH.search(text)
+    if m:
+        out.append(f"half sentence ended by a dash: {text[max(0, m.start() - 20):m.end()]!r}")
     sents = [s.lower() for s in _sentences(text)]
     if len(sents) != len(set(sents)):
         out.append("the same sentence twice")
@@ -443,6 +454,7 @@ class Judge:
         v.forbidden = [self.expand(x) for x in turn.must_not if contains(norm, self.expand(x))]
         v.invented = facts_in(reply).minus(allowed_facts(self.pack, turn.entries, turn.say))
         v.invented += policy_violations(reply, self.data.policy_rules)
+        v.invented += [f"link {u.group(0)!r}" for u in _URL.finditer(reply)]
         v.unsafe = unsafe_problems(reply, self.data, self.blocked)
         v.spliced = splice_problems(reply, canned=list(self.messages.values()), labels=self.labels, streamed=streamed)
         if turn.act:
@@ -532,10 +544,15 @@ async def run_remote(url: str, token: str | None, conversations: list[Conversati
     return out
 
 
-def _agent_config_has_today() -> bool:
-    from agent.config import AgentConfig
-
-    return any(f.name == "today" for f in dataclasses.fields(AgentConfig))
+def _give_today(cfg: Any, today: dt.date) -> bool:
+    """Pin the agent's "today": ``AgentConfig.today``, or ``AgentConfig.dialogue.today`` (issue 10's
+    dialogue manager had it there first). False when the agent has neither."""
+    for holder in (cfg, getattr(cfg, "dialogue", None)):
+        if holder is not None and dataclasses.is_dataclass(holder) and any(
+                f.name == "today" for f in dataclasses.fields(holder)):
+            holder.today = today.isoformat()
+            return True
+    return False
 
 
 def build_agent(responder: str, today: dt.date, *, model: str | None = None, base_url: str | None = None,
@@ -560,9 +577,7 @@ def build_agent(responder: str, today: dt.date, *, model: str | None = None, bas
     if base_url:
         cfg.responder.openai.base_url = base_url
     cfg.store.path = str(Path(tempfile.mkdtemp(prefix="bench-answers-")) / "sessions.sqlite3")
-    fixed = _agent_config_has_today()
-    if fixed:
-        cfg.today = today.isoformat()   # type: ignore[attr-defined]   # the partner's hook (issue 10)
+    fixed = _give_today(cfg, today)
     fusion = None
     if not no_fusion:
         try:
@@ -625,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="only the first N conversations (after --category)")
     ap.add_argument("--out", help="JSON output (default bench/results/answers-<mode>.json)")
     ap.add_argument("--quiet", action="store_true", help="do not list the failing turns")
+    ap.add_argument("--rescore", metavar="JSON",
+                    help="score the replies stored in an earlier run's JSON again (no agent; after a scorer or "
+                    "data change)")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT))
@@ -643,7 +661,16 @@ def main(argv: list[str] | None = None) -> int:
         convs = convs[: args.limit]
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    if args.url:
+    if args.rescore:
+        earlier = json.loads(Path(args.rescore).read_text(encoding="utf-8"))
+        mode, responder_name, pack = earlier["mode"], earlier["responder"], load_pack(None)
+        today_given = bool(earlier.get("today_given_to_agent"))
+        replies = {t["id"]: Reply(t["reply"], t.get("streamed", t["reply"]), t["actions"], t["route"], t["ms"])
+                   for t in earlier["turns"]}
+        missing = [t.id for c in convs for t in c.turns if t.id not in replies]
+        if missing:
+            raise SystemExit(f"{args.rescore} has no reply for {len(missing)} turns (first: {missing[0]})")
+    elif args.url:
         mode = "server"
         token = args.token or next(iter(t for t in os.environ.get("MMAGENT_TOKENS", "").split(",") if t), None)
         pack = load_pack(None)
@@ -663,7 +690,9 @@ def main(argv: list[str] | None = None) -> int:
             agent.close()
     wall = time.perf_counter() - t0
     scored_today = today if today_given else dt.date.today()
-    if not today_given:
+    if args.rescore:   # the date the agent saw then
+        scored_today = dt.date.fromisoformat(args.today or earlier["today"])
+    elif not today_given:
         print(f"note: 'today' was not given to the agent (no AgentConfig.today); date-dependent turns are "
               f"scored against this machine's date {scored_today}", file=sys.stderr)
     judge = Judge(data, pack, scored_today)
@@ -682,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_start": [round(x, 2) for x in load0], "loadavg_end": [round(x, 2) for x in load1]},
         "summary": summary,
         "turns": [{"id": t.id, "cat": t.cat, "say": t.say, "reply": replies[t.id].text,
-                   "route": replies[t.id].route, "actions": replies[t.id].actions,
+                   "streamed": replies[t.id].streamed, "route": replies[t.id].route, "actions": replies[t.id].actions,
                    "ms": round(replies[t.id].ms, 1), "passed": verdicts[t.id].passed,
                    "why": verdicts[t.id].reasons()} for t in turns],
     }

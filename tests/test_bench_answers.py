@@ -85,6 +85,13 @@ def test_wrong_aisle_price_and_number_are_invented(judge: A.Judge) -> None:
     assert "2" in v.invented and v.act_ok is False
 
 
+def test_echoed_numbers_and_links(judge: A.Judge) -> None:
+    t = turn("can I come in at 8 on a saturday?", entries=["opening_hours"], must=["8 am"])
+    assert judge.score(t, "Yes: on Saturday we open at 8 am, so 8 is fine.").passed
+    v = judge.score(turn("umbrella?", entries=["umbrella"]), "See www.example.com/umbrellas for aisle 9.")
+    assert any("link" in x for x in v.invented)
+
+
 def test_policy_claims_the_pack_contradicts(judge: A.Judge) -> None:
     t = turn("Do you accept cheques?", entries=["payment_methods"], must=["cheque"])
     bad = judge.score(t, "Yes, we accept cheques. We do not take cash or credit cards (Visa, Mastercard).")
@@ -123,6 +130,10 @@ def test_spliced_and_debug_replies(judge: A.Judge) -> None:
     assert judge.score(turn("milk?", entries=["milk"]), twice).spliced
     assert judge.score(turn("milk?", entries=["milk"]), "Whole milk is in aisle 2.",
                        streamed="Whole milk is in aisle 2 and costs").spliced
+    # the grounding guard's glue: half a generated sentence, a dash, then the entry's text
+    guard = judge.score(turn("batteries?", entries=["batteries"]), "The cost of double A batteries is \u2014 To be exact: "
+                        "AA batteries (pack of 4) are in aisle 7, next to the light bulbs, and cost $4.49.")
+    assert len(guard.spliced) == 2
     clean = judge.score(turn("milk?", entries=["milk"]), "Whole milk is in aisle 2.", streamed="Whole milk is in aisle 2.")
     assert not clean.spliced
 
