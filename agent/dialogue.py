@@ -119,7 +119,7 @@ class DialogueManager:
         # Parts that name only things the pack does not know, and ask nothing ("I bought a kettle
         # last week", "that's helpful"), are context: dropped when something else is asked or said.
         informative = [q for q in u.questions if q.entries or q.facts or q.days or q.closed_days
-                       or q.slots & (PRODUCT_SLOTS | HOURS_SLOTS)]
+                       or q.slots & (PRODUCT_SLOTS | HOURS_SLOTS) or (q.unknown and q.continues)]
         questions = informative if (informative or acts) else u.questions
         if "unsafe" in acts:
             return Plan("refuse", m["refusal"])

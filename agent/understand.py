@@ -113,6 +113,7 @@ class Question:
     pronoun: bool = False
     negated: bool = False
     text: str = ""
+    continues: bool = False   # joined to an asking part by "and"/"or" ("how much is the milk and a torch")
 
     def asks(self) -> bool:
         """Whether this part asks anything (else it is only words around an act)."""
@@ -310,12 +311,17 @@ class Understander:
         acts: set[str] = set()
         questions: list[Question] = []
         start = 0
+        split_at = {m.start for m in matches if m.kind == "split"}
+        joined = False
         for cut in [*sorted(set(cuts)), len(words)]:
             part = range(start, cut)
             start = cut + 1
+            prev_joined, joined = joined, cut in split_at
             if not part:
                 continue
             q = Question(text=" ".join(words[k] for k in part))
+            q.continues = prev_joined and bool(questions) and bool(
+                questions[-1].slots & set(ASKING_SLOTS) or questions[-1].continues)
             part_matches = [m for m in matches if part.start <= m.start < part.stop]
             for m in part_matches:
                 if m.kind == "act":

@@ -124,7 +124,7 @@ class Verifier:
         if _CARD_RE.search(sentence):
             return "card_number"
         # "No, we cannot return it" where the answer is not a no (and the same for yes)
-        lead = re.match(r"\s*(yes|no|yeah|nope|sure|of course)\b", low)
+        lead = re.match(r"\s*(yes|no|yeah|yep|nope)\b", low)
         if lead:
             said_yes = lead.group(1) not in ("no", "nope")
             composed = re.match(r"\s*(yes|no)\b", self.plan.text.lower())
