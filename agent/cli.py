@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from .config import RESPONDER_KINDS
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "http://127.0.0.1:8765"
@@ -43,7 +45,7 @@ def register(subparsers: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--pack", help="knowledge pack directory (default: packs/demo_kiosk)")
     common.add_argument("--config", help="YAML/JSON file with an AgentConfig (nested dicts)")
-    common.add_argument("--responder", choices=("local", "openai", "extractive"),
+    common.add_argument("--responder", choices=RESPONDER_KINDS,
                         help="reply backend: local language model, OpenAI-compatible server, or the pack's "
                         "own text (extractive)")
     common.add_argument("--model", help="local: transformers model dir or hub id; openai: model name")

@@ -121,6 +121,12 @@ class DialogueManager:
         informative = [q for q in u.questions if q.entries or q.facts or q.days or q.closed_days
                        or q.slots & (PRODUCT_SLOTS | HOURS_SLOTS) or (q.unknown and q.continues)]
         questions = informative if (informative or acts) else u.questions
+        # "ok bye for now", "see you tomorrow", "have a nice weekend": a day said with a goodbye
+        # is a farewell, not a question about the opening hours of that day.
+        if "goodbye" in acts and all(q.days and not (q.entries or q.facts or q.closed_days or q.unknown
+                                                    or q.slots & (PRODUCT_SLOTS | HOURS_SLOTS))
+                                     for q in questions):
+            questions = []
         if "unsafe" in acts:
             return Plan("refuse", m["refusal"])
         prefix = ""

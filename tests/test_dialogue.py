@@ -48,6 +48,9 @@ def plan(dm: DialogueManager, *turns: str) -> list[Plan]:
     ("good morning, can you help me?", "greeting", "greeting"),
     ("thanks a lot", "thanks", "thanks"),
     ("ok, bye then", "goodbye", "goodbye"),
+    ("ok bye now", "goodbye", "goodbye"),                   # "now" is not a question about today's hours
+    ("thanks, see you tomorrow", "goodbye", "goodbye"),
+    ("will it snow this weekend?", "off_topic", "off_topic"),   # a day with the weather is still off topic
     ("what's the weather going to be like tomorrow?", "off_topic", "off_topic"),
     ("tell me a joke", "off_topic", "off_topic"),
     ("what painkillers should I take for a headache?", "refuse", "refusal"),
