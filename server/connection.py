@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 class Connection:
     """``await connection.run()`` until the socket closes; then ``await connection.shutdown()``."""
 
-    def __init__(self, server: Server, ws: ServerConnection, *, session_id: str, token: str | None,
+    def __init__(self, server: Server, ws: ServerConnection, *, session_id: str, principal: str,
                  resumed: bool, agent_session: Session, extensions: bool = True) -> None:
-        self.server, self.ws, self.id, self.token = server, ws, session_id, token
+        self.server, self.ws, self.id, self.principal = server, ws, session_id, principal
         self.limits = server.config.limits
         self.runtime = AsyncioRuntime(self._task_failed, prefix=session_id)
         settings = None

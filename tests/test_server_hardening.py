@@ -1,0 +1,197 @@
+"""Hardening of the real server (issue 11): session ownership, Origin/Host, input hygiene, one
+budget for every way data enters, slow clients, overload. A real server on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.conftest import ARTIFACTS, start_server
+
+pytestmark = pytest.mark.slow
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def recv_json(ws: Any, timeout: float = 30.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        return dict(json.loads(await ws.recv()))
+
+
+async def until(ws: Any, type_: str, timeout: float = 120.0) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            ev = json.loads(await ws.recv())
+            out.append(ev)
+            if ev["type"] == type_:
+                return out
+
+
+def typed(text: str) -> str:
+    return json.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+
+
+RESPOND = json.dumps({"type": "response.create"})
+
+
+@pytest.fixture(scope="module")
+def two_token_server() -> Any:
+    srv = start_server(tokens=["token-a-secret", "token-b-secret"],
+                       state_dir=str(ARTIFACTS / "hardening_state"))
+    yield srv
+    srv.stop()
+
+
+# ---- 1. session ownership ------------------------------------------------------------------------
+
+def test_another_token_cannot_resume_a_session(two_token_server: Any) -> None:
+    """The issue's reproduction: B resumes A's id → exactly what an unknown id gets; A's connection
+    stays open and A's history is unchanged; A itself can still resume."""
+    base = two_token_server.ws_url
+
+    async def main() -> None:
+        a = await connect(base + "?token=token-a-secret")
+        created = await recv_json(a)
+        sid = created["session"]["id"]
+        assert len(sid) >= len("sess_") + 32            # 128 random bits, hex
+        await a.send(typed("my order number is 4417, where is the pharmacy?"))
+        await a.send(RESPOND)
+        await until(a, "response.done")
+        store = two_token_server.server.engine.agent.store
+        before = [t.to_json() for t in store.load_turns(sid)]
+        assert len(before) == 1
+
+        async def refused(session_id: str) -> tuple[dict[str, Any], dict[str, Any], float]:
+            t0 = time.perf_counter()
+            b = await connect(base + f"?token=token-b-secret&session_id={session_id}")
+            got = await recv_json(b)
+            err = await recv_json(b)
+            took = time.perf_counter() - t0
+            await b.send(typed("what is my order number?"))
+            await b.send(RESPOND)
+            done = await until(b, "response.done")
+            assert "4417" not in json.dumps(done)
+            await b.close()
+            return got, err, took
+
+        got, err, _ = await refused(sid)
+        assert got["session"]["id"] != sid and got["session"]["resumed"] is False
+        assert err["error"]["code"] == "session_not_found"
+        unknown_got, unknown_err, _ = await refused("sess_" + "0" * 32)
+        assert unknown_got["session"]["resumed"] is False
+        # The same code and the same message, but for the id echoed back and the new id.
+        assert unknown_err["error"]["code"] == err["error"]["code"]
+        def shape(message: str) -> str:
+            return re.sub(r"sess_[0-9a-f]+", "sess_X", message)
+
+        assert shape(unknown_err["error"]["message"]) == shape(err["error"]["message"])
+        assert unknown_err["error"]["type"] == err["error"]["type"]
+        # A's connection was not replaced: it still answers.
+        await a.send(typed("thank you"))
+        await a.send(RESPOND)
+        evs = await until(a, "response.done")
+        assert not any(e["type"] == "error" and e["error"]["code"] == "session_replaced" for e in evs)
+        after = [t.to_json() for t in store.load_turns(sid)]
+        assert after[:1] == before and len(after) == 2
+        assert all("order number?" not in t["text"] for t in after)
+        await a.close()
+        # The owner resumes it.
+        again = await connect(base + f"?token=token-a-secret&session_id={sid}")
+        resumed = await recv_json(again)
+        assert resumed["session"]["id"] == sid and resumed["session"]["resumed"] is True
+        await again.close()
+        owners = {s["id"]: s["owner"] for s in store.list_sessions(500)}
+        assert owners[sid].startswith("tok_") and "token-a-secret" not in json.dumps(owners)
+
+    run(main())
+
+
+def test_store_migrates_version_1_databases(tmp_path: Path) -> None:
+    """A version-1 database (no owner column) opens, gains the column, keeps its sessions with
+    owner NULL; the no-token principal may resume them, a token principal may not."""
+    from agent.errors import SessionError
+    from agent.store import SessionStore
+
+    db = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE sessions (id TEXT PRIMARY KEY, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+                               pack TEXT, meta TEXT NOT NULL DEFAULT '{}');
+        PRAGMA user_version = 1;""")
+    now = time.time()
+    conn.execute("INSERT INTO sessions VALUES ('sess_old', ?, ?, 'demo', '{}')", (now, now))
+    conn.commit()
+    conn.close()
+    store = SessionStore(db)
+    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store.owner_of("sess_old") is None
+    assert store.list_sessions()[0]["owner"] is None
+    new = store.create_session(owner="tok_abc")
+    assert store.owner_of(new.id) == "tok_abc"
+    with pytest.raises(SessionError):
+        store.owner_of("sess_missing")
+    store.close()
+
+
+# ---- 2. Origin and Host ------------------------------------------------------------------------------
+
+def raw_handshake(port: int, host: str, origin: str | None, path: str = "/v1/realtime") -> tuple[int, bytes]:
+    """Send a WebSocket upgrade with these Host and Origin headers; (HTTP status, rest)."""
+    import base64
+    import os
+    import socket
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket", "Connection: Upgrade",
+             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+    if origin is not None:
+        lines.append(f"Origin: {origin}")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        if b"\r\n\r\n" in data and not data.startswith(b"HTTP/1.1 101"):
+            head = data.split(b"\r\n\r\n", 1)[0].decode()
+            length = int(next((ln.split(":")[1] for ln in head.split("\r\n") if ln.lower().startswith(
+                "content-length:")), "0"))
+            while len(data.split(b"\r\n\r\n", 1)[1]) < length:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    return int(data.split(b" ", 2)[1]), data
+
+
+def test_dns_rebinding_is_refused(mm_server: Any) -> None:
+    """Bound to loopback without allowed_origins: a foreign Host (the DNS-rebinding request) is
+    refused with 403 host_not_allowed, on the WebSocket and on plain HTTP; a foreign Origin with a
+    loopback Host is refused too; loopback names with any port and no Origin are served."""
+    port = mm_server.server.port
+    status, body = raw_handshake(port, f"evil.example:{port}", f"http://evil.example:{port}")
+    assert status == 403 and b"host_not_allowed" in body
+    status, body = raw_handshake(port, f"evil.example:{port}", None, path="/metrics")
+    assert status == 403 and b"host_not_allowed" in body
+    status, body = raw_handshake(port, f"127.0.0.1:{port}", f"http://evil.example:{port}")
+    assert status == 403 and b"origin_not_allowed" in body
+    status, _ = raw_handshake(port, f"127.0.0.1:{port}", "null")
+    assert status == 403
+    for host, origin in ((f"127.0.0.1:{port}", None), (f"localhost:{port}", f"http://localhost:{port}"),
+                         (f"[::1]:{port}", f"http://[::1]:{port}"), ("localhost", "http://127.0.0.1:9999")):
+        status, _ = raw_handshake(port, host, origin)
+        assert status == 101, (host, origin, status)
