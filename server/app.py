@@ -63,6 +63,7 @@ class Server:
         self.sessions: dict[str, Connection] = {}
         self._per_token: dict[str, int] = {}
         self._recent: OrderedDict[str, float] = OrderedDict()   # closed session ids (for resume checks)
+        self.max_decoded_pixels: int = config.perception_config().limits.max_decoded_pixels
         self._principal_key = load_key(config.state_dir) if config.tokens else b""
         self.static_dir = Path(config.static_dir) if config.static_dir else STATIC_DIR
         self._pack_name = Path(config.pack).name if config.pack else None

@@ -49,7 +49,7 @@ class Connection:
         self.core = Conversation(session_id=session_id, agent_session=agent_session, engine=server.engine,
                                  runtime=self.runtime, config=server.config, metrics=server.metrics,
                                  resumed=resumed, settings=settings)
-        self.codec = Codec(max_text_chars=self.limits.max_text_chars)
+        self.codec = Codec(max_text_chars=self.limits.max_text_chars, max_decoded_pixels=server.max_decoded_pixels)
         self.errors = ErrorBudget(self.limits.max_errors_per_10s, 10.0)
         self.notices: list[E.ServerEvent] = []     # sent right after session.created
         self._out: asyncio.Queue[str | None] = asyncio.Queue()

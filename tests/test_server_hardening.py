@@ -195,3 +195,103 @@ def test_dns_rebinding_is_refused(mm_server: Any) -> None:
                          (f"[::1]:{port}", f"http://[::1]:{port}"), ("localhost", "http://127.0.0.1:9999")):
         status, _ = raw_handshake(port, host, origin)
         assert status == 101, (host, origin, status)
+
+
+# ---- 3. input hygiene ----------------------------------------------------------------------------------
+
+LEAK = re.compile(r"0x[0-9a-fA-F]{6,}|<[^<>]* at 0x|Traceback|File \"|(?:^|\s)/(?:[\w.\-]+/)+")
+
+
+def png_declaring(w: int, h: int) -> bytes:
+    """A real 1x1 PNG whose IHDR is patched to declare w x h (CRC fixed): tiny, huge when decoded."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", w, h)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def test_bad_input_gets_a_code_a_readable_message_and_the_session_lives(mm_server: Any) -> None:
+    """Lone surrogates in any text field → invalid_text; deep nesting in a text event or a binary
+    header → invalid_event; an undecodable or over-budget image → a message without reprs or
+    paths; never a 1011, and the session answers afterwards."""
+    import base64
+    import struct
+
+    def binary(header: bytes, payload: bytes = b"") -> bytes:
+        return struct.pack(">H", len(header)) + header + payload
+
+    deep = '{"type":"session.update","session":' + '{"a":' * 60 + '1' + '}' * 61
+    deep_header = b'{"type":"input_image_buffer.append","x":' + b"[" * 3000 + b"]" * 3000 + b"}"
+    bad_png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
+    huge = png_declaring(6000, 6000)
+    cases: list[tuple[str | bytes, str]] = [
+        ('{"type":"conversation.item.create","item":{"type":"message","role":"user","content":'
+         '[{"type":"input_text","text":"hi \\ud800 there"}]}}', "invalid_text"),
+        ('{"type":"session.update","session":{"instructions":"\\udfff"}}', "invalid_text"),
+        ('{"type":"response.create","response":{"metadata":{"\\ud800":"x"}}}', "invalid_text"),
+        ('{"type":"input_audio_buffer.commit","event_id":"\\ud800"}', "invalid_text"),
+        (deep, "invalid_event"),
+        ("[" * 100_000, "invalid_event"),
+        (binary(deep_header), "invalid_event"),
+        (binary(b'{"type":"input_image_buffer.append","event_id":"\\ud800"}', bad_png), "invalid_text"),
+        (binary(b'{"type":"input_image_buffer.append"}', bad_png), "invalid_image"),
+        (json.dumps({"type": "input_image_buffer.append", "image": base64.b64encode(huge).decode()}),
+         "image_too_large"),
+        (json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
+            {"type": "input_image", "image_url": "data:image/png;base64," + base64.b64encode(huge).decode()}]}}),
+         "image_too_large"),
+    ]
+
+    async def main() -> None:
+        async with connect(mm_server.ws_url, max_size=None) as ws:
+            await recv_json(ws)
+            for message, code in cases:
+                await ws.send(message)
+                ev = await recv_json(ws)
+                assert ev["type"] == "error" and ev["error"]["code"] == code, (str(message)[:80], ev)
+                assert not LEAK.search(ev["error"]["message"]), ev
+            await ws.send(json.dumps({"type": "session.update", "session": {"instructions": "be brief"}}))
+            assert (await recv_json(ws))["type"] == "session.updated"
+
+    run(main())
+
+
+def test_perception_refuses_an_over_budget_png_before_decoding() -> None:
+    """The library check: max_decoded_pixels from the header; the message names no object."""
+    from perception import PerceptionConfig
+    from perception.errors import ImageTooLargeError, InvalidImageError
+    from perception.images import load_image
+
+    with pytest.raises(ImageTooLargeError) as info:
+        load_image(png_declaring(6000, 6000), PerceptionConfig())
+    assert "max_decoded_pixels" in str(info.value)
+    with pytest.raises(InvalidImageError) as bad:
+        load_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, PerceptionConfig())
+    assert not LEAK.search(str(bad.value)), str(bad.value)
+
+
+def test_eval_of_a_text_only_manifest(tmp_path: Path) -> None:
+    """`mmagent eval --manifest` on text rows only: scores for text, "n/a" where nothing was scored."""
+    import subprocess
+    import sys
+
+    rows = [{"id": f"r{i}", "text": t, "intent": it} for i, (t, it) in enumerate(
+        [("where are the batteries", "find_product"), ("hello there", "greeting"), ("thanks, bye", "goodbye")])]
+    manifest = tmp_path / "text.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = subprocess.run([sys.executable, "-m", "server.cli", "eval", "--manifest", str(manifest),
+                          "--out-dir", str(tmp_path / "ev")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    table = (tmp_path / "ev" / "eval.md").read_text()
+    assert "| speech | 0 | n/a" in table
+    scores = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert "NaN" not in json.dumps(scores)
