@@ -35,6 +35,7 @@ class LimitsConfig:
                                             # whole); refills at max_audio_seconds_per_s
     max_pending_audio_s: float = 60.0       # buffered audio of one user turn
     max_frames_per_turn: int = 3            # latest frames kept per session
+    max_pending_images: int = 8             # images of conversation.item.create waiting for a response
     frame_window_s: float = 10.0            # frames older than this are not part of a turn
     max_text_chars: int = 4000
     idle_timeout_s: float = 300.0
@@ -138,7 +139,7 @@ class ServerConfig:
             if getattr(lim, name) <= 0:
                 raise ConfigError(f"limits.{name} must be > 0")
         for name in ("max_sessions", "max_sessions_per_token", "max_frames_per_turn", "max_errors_per_10s",
-                     "max_message_bytes", "max_text_chars"):
+                     "max_message_bytes", "max_text_chars", "max_pending_images"):
             if getattr(lim, name) < 1:
                 raise ConfigError(f"limits.{name} must be >= 1")
         for bname in ("text", "frames", "speech"):

@@ -83,6 +83,7 @@ ERROR_TYPES: dict[str, str] = {
     "frame_rate_exceeded": "rate_limit_error",
     "audio_rate_exceeded": "rate_limit_error",
     "audio_buffer_full": "rate_limit_error",
+    "too_many_images": "rate_limit_error",
     "too_many_sessions": "rate_limit_error",
     "too_many_errors": "rate_limit_error",
     "unauthorized": "authentication_error",

@@ -295,3 +295,78 @@ def test_eval_of_a_text_only_manifest(tmp_path: Path) -> None:
     assert "| speech | 0 | n/a" in table
     scores = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert "NaN" not in json.dumps(scores)
+
+
+# ---- 4. one budget for every way data enters ----------------------------------------------------------
+
+def test_inline_audio_and_images_share_the_append_budgets(mm_server: Any) -> None:
+    """Defaults: audio burst 60 s, frames 5/s burst 5, 8 pending images. Inline audio: 3 x 20 s
+    fills the burst, the 4th 20 s in the same second is audio_rate_exceeded; after a 20 s append
+    the 3rd inline 20 s already is. 100 inline 1.4 MB images sent at once: the frame budget
+    refuses most, and never more than max_pending_images wait."""
+    import base64
+    import os
+
+    def audio_item(seconds: float) -> str:
+        pcm = (os.urandom(2) * int(24000 * seconds))   # 24 kHz PCM16, a constant tone
+        return json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+                           "content": [{"type": "input_audio", "audio": base64.b64encode(pcm).decode()}]}})
+
+    async def codes_of(ws: Any, sent: int, settle_s: float = 1.5) -> list[str]:
+        """Item ids added and error codes, one per item sent (in order)."""
+        out: list[str] = []
+        async with asyncio.timeout(120):
+            while len(out) < sent:
+                ev = json.loads(await ws.recv())
+                if ev["type"] == "conversation.item.added":
+                    out.append("added")
+                elif ev["type"] == "error":
+                    out.append(ev["error"]["code"])
+        return out
+
+    async def main() -> None:
+        off = json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}})
+        async with connect(mm_server.ws_url, max_size=None) as ws:
+            await recv_json(ws)
+            await ws.send(off)
+            await until(ws, "session.updated")
+            t0 = time.monotonic()
+            for _ in range(4):
+                await ws.send(audio_item(20.0))
+            assert time.monotonic() - t0 < 1.0
+            got = await codes_of(ws, 4)
+            assert got[:3] == ["added"] * 3 and got[3] in ("audio_rate_exceeded", "audio_buffer_full"), got
+        async with connect(mm_server.ws_url, max_size=None) as ws:
+            await recv_json(ws)
+            await ws.send(off)
+            await until(ws, "session.updated")
+            pcm = os.urandom(2) * (24000 * 20)
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}))
+            for _ in range(3):
+                await ws.send(audio_item(20.0))
+            got = await codes_of(ws, 3)
+            assert got[:2] == ["added"] * 2 and got[2] in ("audio_rate_exceeded", "audio_buffer_full"), got
+        # 100 inline images of ~1.4 MB (a real JPEG padded after its end marker is still one JPEG).
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(
+            buf, format="JPEG", quality=95)
+        jpeg = buf.getvalue() + b"\x00" * max(0, 1_400_000 - len(buf.getvalue()))
+        url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+        item = json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+                           "content": [{"type": "input_image", "image_url": url}]}})
+        async with connect(mm_server.ws_url, max_size=None) as ws:
+            await recv_json(ws)
+            for _ in range(100):
+                await ws.send(item)
+            got = await codes_of(ws, 100)
+            # The burst and what refilled while sending, never more than max_pending_images.
+            assert got.count("added") <= 8, got
+            assert set(got) <= {"added", "frame_rate_exceeded", "too_many_images"}, set(got)
+            assert "frame_rate_exceeded" in got
+
+    run(main())

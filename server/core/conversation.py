@@ -131,6 +131,7 @@ class Turn:
     oob: bool = False                          # an out-of-band response (conversation "none")
     task: asyncio.Task[Any] | None = None      # the response's pipeline
     timeout: Timer | None = None
+    inline_audio_s: float = 0.0                # audio of its conversation.item.create items
 
     def to(self, state: TurnState) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -328,7 +329,8 @@ class Conversation:
         """Decode and admit one append; the samples and the detector that must process them
         (None: buffered for a manual commit). The connection runs ``detector.process`` in a
         worker thread, then calls :meth:`detected`."""
-        pcm = self.audio.accept(ev.audio, ev.event_id)
+        pcm = self.audio.accept(ev.audio, ev.event_id,
+                                queued_s=self.input.inline_audio_s if self.input is not None else 0.0)
         if self.audio.detector is None:
             self.audio.buffer(pcm)
             return pcm, None
@@ -642,10 +644,7 @@ class Conversation:
             return
         audios = [decode_audio(a, self.settings.input_format, event_id=eid, param="item.content.audio")
                   for a in new.audios]
-        seconds = sum(len(a) for a in audios) / self.audio.rate
-        if seconds > self.limits.max_pending_audio_s:
-            raise ProtocolError("audio_buffer_full", f"audio over max_pending_audio_s "
-                                f"({self.limits.max_pending_audio_s:g} s)", param="item.content", event_id=eid)
+        seconds = self._admit_inline(audios, len(new.images), eid, "item.content", pending=True)
         parts, ti = [], 0
         for ptype in new.part_types:
             if ptype == "input_text":
@@ -658,6 +657,7 @@ class Conversation:
         item = Item(id=item_id, type="message", role="user", content=parts)
         self._add_item(item, ev)
         turn = self.input or self._open_input()
+        turn.inline_audio_s += seconds
         turn.input.texts.extend(new.texts)
         turn.input.images.extend(new.images)
         turn.input.item_ids.append(item_id)
@@ -666,6 +666,41 @@ class Conversation:
             heard = Heard(item_id, task)
             turn.input.heard.append(heard)
             self.rt.spawn(self._transcribed(turn, item, heard), name="transcript")
+
+    def _admit_inline(self, audios: list[np.ndarray], images: int, eid: str | None, param: str, *,
+                      pending: bool) -> float:
+        """Audio and images sent inside an item (or ``response.input``) pass the same limits as
+        the append events: audio seconds come out of the session's audio budget
+        (``max_audio_seconds_per_s`` with its burst), images out of its frame budget
+        (``max_frames_per_s``); when ``pending`` (an item that waits for a response), what waits
+        unanswered in the input turn counts against ``max_pending_audio_s`` (with the audio
+        buffer) and ``max_pending_images``. All or nothing: a refused item takes nothing from the
+        budgets. Returns the audio seconds admitted (the caller adds them to the input turn)."""
+        lim = self.limits
+        turn = self.input if pending else None
+        queued_s = turn.inline_audio_s if turn is not None else 0.0
+        queued_images = len(turn.input.images) if turn is not None else 0
+        seconds = sum(len(a) for a in audios) / self.audio.rate
+        if seconds > lim.max_pending_audio_s:
+            raise ProtocolError("audio_buffer_full", f"audio over max_pending_audio_s ({lim.max_pending_audio_s:g} s)",
+                                param=param, event_id=eid)
+        if pending and seconds and self.audio.pending_s + queued_s + seconds > lim.max_pending_audio_s:
+            raise ProtocolError("audio_buffer_full", "unanswered audio would exceed max_pending_audio_s "
+                                f"({lim.max_pending_audio_s:g} s); item dropped", param=param, event_id=eid)
+        if images and queued_images + images > lim.max_pending_images:
+            raise ProtocolError("too_many_images", f"more than max_pending_images ({lim.max_pending_images}) "
+                                "images would wait for one response; item dropped", param=param, event_id=eid)
+        budget = self.audio.budget
+        if seconds and not budget.can_take(seconds):
+            raise ProtocolError("audio_rate_exceeded", f"audio arrives faster than max_audio_seconds_per_s "
+                                f"({budget.rate:g} s per second, burst {budget.burst:g} s); item dropped",
+                                param=param, event_id=eid)
+        if images and not self.frame_bucket.can_take(images):
+            raise ProtocolError("frame_rate_exceeded", f"images arrive faster than max_frames_per_s "
+                                f"({lim.max_frames_per_s:g}); item dropped", param=param, event_id=eid)
+        budget.take(seconds)
+        self.frame_bucket.take(images)
+        return seconds
 
     def _add_item(self, item: Item, ev: E.ItemCreate) -> None:
         prev = self.log.add(item, after=ev.previous_item_id, event_id=ev.event_id)
@@ -796,11 +831,12 @@ class Conversation:
                 call = self.log.find_call(it.call_id or "")
                 inp.tool_results.append(ToolResult(it.call_id or "", call.name if call else None, it.output or ""))
             elif it.kind == "message" and it.role == "user":
+                audios = [decode_audio(a, self.settings.input_format, event_id=eid) for a in it.audios]
+                self._admit_inline(audios, len(it.images), eid, f"response.input[{i}].content", pending=False)
                 inp.texts.extend(it.texts)
                 inp.images.extend(it.images)
-                if it.audios:
-                    audio = np.concatenate([decode_audio(a, self.settings.input_format, event_id=eid)
-                                            for a in it.audios])
+                if audios:
+                    audio = np.concatenate(audios)
                     inp.heard.append(Heard("", self.rt.spawn(self._transcribe(audio, self.audio.rate),
                                                              name="transcribe")))
         if inp.empty():
