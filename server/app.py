@@ -91,7 +91,7 @@ class Server:
         self._server = await serve(
             self._handler, self.config.host, self.config.port,
             process_request=self._process_request, select_subprotocol=self._select_subprotocol,
-            max_size=lim.hard_max_message_bytes, max_queue=64, ping_interval=20, ping_timeout=20,
+            max_size=lim.hard_max_message_bytes, max_queue=8, ping_interval=20, ping_timeout=20,
             compression=None, server_header="mmagent")
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]

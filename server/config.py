@@ -39,6 +39,11 @@ class LimitsConfig:
     frame_window_s: float = 10.0            # frames older than this are not part of a turn
     max_text_chars: int = 4000
     idle_timeout_s: float = 300.0
+    # A client that stops reading: its outgoing queue holds at most max_outgoing_bytes (beyond
+    # that its messages are not read any more), and once a send or that full queue has waited
+    # slow_client_timeout_s it is dropped (close 4410 slow_client) and its slot freed.
+    max_outgoing_bytes: int = 1 * MiB
+    slow_client_timeout_s: float = 10.0
     max_sessions: int = 64
     max_sessions_per_token: int = 16
     max_errors_per_10s: int = 100
@@ -135,11 +140,11 @@ class ServerConfig:
         if lim.hard_max_message_bytes < lim.max_message_bytes:
             raise ConfigError("limits.hard_max_message_bytes must be >= limits.max_message_bytes")
         for name in ("max_frames_per_s", "max_audio_seconds_per_s", "max_pending_audio_s", "idle_timeout_s",
-                     "frame_window_s", "audio_burst_s"):
+                     "frame_window_s", "audio_burst_s", "slow_client_timeout_s"):
             if getattr(lim, name) <= 0:
                 raise ConfigError(f"limits.{name} must be > 0")
         for name in ("max_sessions", "max_sessions_per_token", "max_frames_per_turn", "max_errors_per_10s",
-                     "max_message_bytes", "max_text_chars", "max_pending_images"):
+                     "max_message_bytes", "max_text_chars", "max_pending_images", "max_outgoing_bytes"):
             if getattr(lim, name) < 1:
                 raise ConfigError(f"limits.{name} must be >= 1")
         for bname in ("text", "frames", "speech"):

@@ -116,12 +116,15 @@ class Metrics:
         self.errors = Counter("mmagent_errors_total", "Error events sent to clients, by code.")
         self.preemptive = Counter("mmagent_preemptive_responses_total",
                                   "Responses started at a pause in speech, by outcome (released, discarded).")
+        self.slow_clients = Counter("mmagent_slow_clients_dropped_total",
+                                    "Clients dropped because they stopped reading (close 4410).")
         self.stage = Histogram("mmagent_stage_seconds", "Latency of each pipeline stage in seconds.")
         self.batch = Histogram("mmagent_batch_size", "Calls served per model forward pass.", BATCH_BUCKETS)
         self.sessions_open.set(0)
 
     def render(self) -> str:
         lines: list[str] = []
-        for m in (self.sessions_open, self.sessions_total, self.turns, self.errors, self.stage, self.batch):
+        for m in (self.sessions_open, self.sessions_total, self.turns, self.errors, self.slow_clients, self.stage,
+                  self.batch):
             lines.extend(m.render())
         return "\n".join(lines) + "\n"

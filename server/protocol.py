@@ -51,6 +51,7 @@ CLOSE_UNSUPPORTED_VERSION = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_IDLE = 4408
 CLOSE_REPLACED = 4409
+CLOSE_SLOW_CLIENT = 4410
 CLOSE_TOO_MANY_SESSIONS = 4429
 
 # error.code -> error.type
@@ -78,6 +79,7 @@ ERROR_TYPES: dict[str, str] = {
     "unsupported_version": "invalid_request_error",
     "session_replaced": "invalid_request_error",
     "idle_timeout": "invalid_request_error",
+    "slow_client": "rate_limit_error",
     "invalid_action": "server_error",
     "message_too_large": "rate_limit_error",
     "frame_rate_exceeded": "rate_limit_error",

@@ -370,3 +370,98 @@ def test_inline_audio_and_images_share_the_append_budgets(mm_server: Any) -> Non
             assert "frame_rate_exceeded" in got
 
     run(main())
+
+
+# ---- 5. slow clients -----------------------------------------------------------------------------------
+
+def masked_frame(payload: bytes, opcode: int = 1) -> bytes:
+    """One client WebSocket frame (FIN, masked, as RFC 6455 requires of clients)."""
+    import os
+    import struct
+
+    head = bytes([0x80 | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if n < 4096 else \
+        (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big")
+    return head + mask + body
+
+
+def open_raw(port: int, rcvbuf: int = 4096) -> Any:
+    """A raw socket after a WebSocket handshake that will never read another byte."""
+    import base64
+    import os
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /v1/realtime HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 101"), data[:200]
+    return sock
+
+
+@pytest.fixture(scope="module")
+def slow_server() -> Any:
+    srv = start_server(limits={"slow_client_timeout_s": 1.0, "max_outgoing_bytes": 65536})
+    yield srv
+    srv.stop()
+
+
+def test_a_client_that_never_reads_is_dropped(slow_server: Any) -> None:
+    """A raw socket sends session.update (each answered with the whole session, a few KB) and never
+    reads: the server stops reading it once its queue is full, drops it after slow_client_timeout_s
+    (1 s here) with 4410, frees its slot, and never holds more than the bound; others go on."""
+    import socket
+
+    server = slow_server.server
+    update = masked_frame(json.dumps({"type": "session.update", "session": {
+        "instructions": "be brief and kind " * 200}}).encode())   # 3600 characters
+    sock = open_raw(server.port)
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + 30
+    while not server.sessions and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.sessions
+    t0 = time.monotonic()
+    sent, peak = 0, 0
+    try:
+        while time.monotonic() - t0 < 30:
+            try:
+                sock.sendall(update)
+                sent += 1
+            except TimeoutError:
+                pass          # the server stopped reading us: its queue is full
+            except OSError:
+                break         # dropped
+            conns = list(server.sessions.values())
+            peak = max([peak, *(c.queued_bytes for c in conns)])
+            if not conns:
+                break
+        dropped_after = time.monotonic() - t0
+    finally:
+        sock.close()
+    assert not server.sessions, "the never-reading client still holds its slot"
+    assert dropped_after < 20, dropped_after
+    assert peak <= 65536 + 64 * 1024, peak      # the bound plus the messages of one read
+    assert server.metrics.slow_clients.value() >= 1
+    metrics = server.metrics.render()
+    assert 'mmagent_errors_total{code="slow_client"}' in metrics
+
+    async def still_serves() -> None:
+        async with connect(slow_server.ws_url) as ws:
+            assert (await recv_json(ws))["type"] == "session.created"
+
+    run(still_serves())
+    del socket
