@@ -100,6 +100,11 @@ class PipelineConfig:
     # turn; several are averaged). The others stay buffered for later turns until they expire.
     frames_per_turn: int = 1
     respond_timeout_s: float = 60.0   # a response not done by then fails (response_timeout); 0 = none
+    # Admission control: a new turn while this many turns (all sessions) wait for their first
+    # reply delta is refused at once with server_busy and a retry hint; 0 = no limit. Sized on
+    # the 2-core reference machine (bench/server.py, README): 8 waiting turns gave first-delta
+    # p95 2.25 s (spoken) / 1.39 s (typed); 32 gave 15 s / 10 s, past the 3 s target.
+    max_waiting_turns: int = 8
 
 
 @dataclass
@@ -152,6 +157,8 @@ class ServerConfig:
             if b.max_batch < 1 or b.max_wait_ms < 0:
                 raise ConfigError(f"batching.{bname}: max_batch must be >= 1 and max_wait_ms >= 0")
         self.perception_config()   # raises ConfigError naming a bad perception.* key or value
+        if self.pipeline.max_waiting_turns < 0:
+            raise ConfigError("pipeline.max_waiting_turns must be >= 0 (0 = no limit)")
         if self.pipeline.frames_per_turn < 1:
             raise ConfigError("pipeline.frames_per_turn must be >= 1")
         if self.batching.model_threads < 1:

@@ -89,6 +89,7 @@ ERROR_TYPES: dict[str, str] = {
     "too_many_sessions": "rate_limit_error",
     "too_many_errors": "rate_limit_error",
     "unauthorized": "authentication_error",
+    "server_busy": "server_error",
     "responder_failed": "server_error",
     "response_timeout": "server_error",
     "model_load_failed": "server_error",

@@ -465,3 +465,80 @@ def test_a_client_that_never_reads_is_dropped(slow_server: Any) -> None:
 
     run(still_serves())
     del socket
+
+
+# ---- 6. overload --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def busy_server() -> Any:
+    srv = start_server(pipeline={"max_waiting_turns": 2, "respond_timeout_s": 30.0})
+    yield srv
+    srv.stop()
+
+
+def test_overload_is_shed_with_server_busy(busy_server: Any) -> None:
+    """max_waiting_turns = 2, eight sessions ask at once: two are admitted and answered, the others
+    get server_busy with retry_after_ms at once (their text stays pending: a retry answers it);
+    /metrics shows the shed turns and the waiting-turns gauge."""
+    async def one(i: int) -> tuple[str, float, dict[str, Any]]:
+        ws = await connect(busy_server.ws_url)
+        await recv_json(ws)
+        await ws.send(typed(f"where are the batteries? ({i})"))
+        await until(ws, "conversation.item.done")
+        t0 = time.perf_counter()
+        await ws.send(RESPOND)
+        async with asyncio.timeout(120):
+            while True:
+                ev = json.loads(await ws.recv())
+                if ev["type"] == "response.created":
+                    await until(ws, "response.done")
+                    await ws.close()
+                    return "answered", time.perf_counter() - t0, ev
+                if ev["type"] == "error":
+                    took = time.perf_counter() - t0
+                    assert ev["error"]["code"] == "server_busy", ev
+                    # Its text is still pending: a retry later answers it.
+                    await asyncio.sleep(ev["error"]["retry_after_ms"] / 1000)
+                    for _ in range(60):
+                        await ws.send(RESPOND)
+                        got = json.loads(await ws.recv())
+                        if got["type"] == "response.created":
+                            break
+                        await asyncio.sleep(0.5)
+                    done = await until(ws, "response.done")
+                    assert done[-1]["response"]["status"] == "completed"
+                    await ws.close()
+                    return "busy", took, ev
+
+    async def main() -> list[tuple[str, float, dict[str, Any]]]:
+        return list(await asyncio.gather(*(one(i) for i in range(8))))
+
+    results = run(main())
+    kinds = [k for k, _, _ in results]
+    assert kinds.count("answered") >= 2 and kinds.count("busy") >= 1, kinds
+    for kind, took, ev in results:
+        if kind == "busy":
+            assert 250 <= ev["error"]["retry_after_ms"] <= 10_000
+            assert took < 5.0, took   # refused at once (the bench measures it; this only bounds it)
+    metrics = busy_server.server.metrics.render()
+    assert 'mmagent_turns_shed_total{reason="max_waiting_turns"}' in metrics
+    assert "mmagent_turns_waiting 0" in metrics
+
+
+def test_respond_timeout_is_enforced_on_the_real_pipeline() -> None:
+    """respond_timeout_s = 0.2 s: a real reply (longer than that) fails with response_timeout."""
+    srv = start_server(pipeline={"respond_timeout_s": 0.2})
+    try:
+        async def main() -> None:
+            async with connect(srv.ws_url) as ws:  # type: ignore[attr-defined]
+                await recv_json(ws)
+                await ws.send(typed("tell me everything about the store opening hours and the pharmacy"))
+                await ws.send(RESPOND)
+                evs = await until(ws, "response.done")
+                codes = [e["error"]["code"] for e in evs if e["type"] == "error"]
+                assert codes == ["response_timeout"], codes
+                assert evs[-1]["response"]["status"] == "failed"
+
+        run(main())
+    finally:
+        srv.stop()  # type: ignore[attr-defined]

@@ -55,6 +55,7 @@ from server.core.items import ConversationLog, Item, Part
 from server.core.pipeline import (
     Frame,
     Heard,
+    InFlight,
     PipelineContext,
     TurnInput,
     error,
@@ -400,7 +401,7 @@ class Conversation:
         spec = turn.speculation = Speculation(token, self.rt.spawn(speculate(), name="speculate"), frames)
         td = self.settings.turn_detection
         if (self.config.vad.preemptive_response and td is not None and td.create_response and self.active is None
-                and not self.queue and turn.input.empty()):
+                and not self.queue and turn.input.empty() and not self._busy()):
             spec.gate = SpeculationGate(token, self._emit)
             r = spec.response = self._new_response(emit=spec.gate.emit, control=TurnControl(
                 instructions=self._instructions(None)), user_item_id=turn.speech_item_id)
@@ -876,8 +877,31 @@ class Conversation:
             self.input = None
         self._queue_turn(turn)
 
+    def _busy(self) -> bool:
+        limit = self.config.pipeline.max_waiting_turns
+        return limit > 0 and self.engine.turns_in_flight >= limit
+
+    def _shed(self, turn: Turn) -> None:
+        """Admission control: too many turns wait for the model. This one is refused now with
+        server_busy and a retry hint instead of waiting behind them; what it would have
+        answered stays pending (a later response.create answers it)."""
+        waiting = self.engine.turns_in_flight
+        retry_ms = int(min(10_000, max(250, 1000 * self.metrics.first_delta_s)))
+        self.metrics.turns_shed.inc(reason="max_waiting_turns")
+        if turn.response is not None:
+            turn.response.control.abandon()
+        self._emit(E.ErrorEvent("server_busy", f"the server is busy ({waiting} turns are waiting for the model); "
+                                f"try again in {retry_ms} ms", P.ERROR_TYPES["server_busy"],
+                                retry_after_ms=retry_ms))
+        turn.response = None
+        self._requeue_input(turn)
+        turn.to(S.DONE)
+
     def _queue_turn(self, turn: Turn) -> None:
         turn.to(S.QUEUED)
+        if self.active is None and self._busy():
+            self._shed(turn)
+            return
         if self.active is None:
             self._begin(turn)
         else:
@@ -890,14 +914,18 @@ class Conversation:
             self._mark_answered(turn)
         if turn.input.frames is None:
             turn.input.frames = self._turn_frames()
-        turn.task = self.rt.spawn(self._respond(turn, turn.response, turn.input), name="respond")
+        # Counted among the waiting turns now, not when its task first runs: admission control
+        # sees every turn admitted in the same tick.
+        waiting = InFlight(self.engine, self.metrics)
+        turn.task = self.rt.spawn(self._respond(turn, turn.response, turn.input, waiting), name="respond")
+        turn.task.add_done_callback(lambda _task: waiting.release())   # also if cancelled before it ran
 
     def _mark_answered(self, turn: Turn) -> None:
         for iid in turn.input.item_ids:
             if iid in self.log:
                 self.log.get(iid).answered = True
 
-    async def _respond(self, turn: Turn, r: Response, inp: TurnInput) -> None:
+    async def _respond(self, turn: Turn, r: Response, inp: TurnInput, waiting: InFlight | None = None) -> None:
         def started() -> None:
             if turn.state is S.QUEUED:
                 turn.to(S.RESPONDING)
@@ -906,7 +934,7 @@ class Conversation:
                 self._arm_timeout(turn, r)
 
         try:
-            await run_response(self.ctx, r, inp, max_tokens=r.max_output_tokens, on_started=started)
+            await run_response(self.ctx, r, inp, max_tokens=r.max_output_tokens, on_started=started, waiting=waiting)
             if r.status == "cancelled" and r.heard_chars is not None and r.turn and r.control.keeps:
                 heard = "".join(r.text)[: r.heard_chars]
                 await self.engine.revise_turn(self.agent_session, r.turn["turn_id"], reply=heard)
