@@ -130,7 +130,7 @@ class Connection:
             self.ws.protocol.send_close(P.CLOSE_SLOW_CLIENT, "slow_client")
             self.ws.send_data()
             transport.close()
-        except Exception:   # noqa: BLE001 - the socket is being dropped either way
+        except Exception:
             pass
         asyncio.get_running_loop().call_later(1.0, transport.abort)
 
