@@ -232,7 +232,7 @@ class ServerProcess:
             if not line:
                 raise RuntimeError("server exited:\n" + "".join(self.log[-30:]))
             self.log.append(line)
-            m = re.search(r"WebSocket endpoint: (\S+)", line)
+            m = re.search(r"WebSocket (?:endpoint: )?(ws://[^\s)]+)", line)
             if m:
                 self.ws_url = m.group(1)
                 break
@@ -686,6 +686,22 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def run_part(name: str, state: str, args: argparse.Namespace) -> dict[str, Any]:
+    if name == "fuzz":
+        return part_fuzz(state, args.fuzz)
+    if name == "never_reading":
+        return part_never_reading(state)
+    if name == "vanishing":
+        return part_vanishing(state)
+    if name == "cross_token":
+        return part_cross_token(state)
+    if name == "bypass":
+        return part_bypass(state)
+    if name == "sigkill":
+        return part_sigkill(state)
+    return part_soak(state, args.soak_n, args.soak_s)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parts = ["fuzz", "never_reading", "vanishing", "cross_token", "bypass", "sigkill", "soak"]
@@ -701,25 +717,18 @@ def main() -> int:
             print(f"== {name}", flush=True)
             t0 = time.perf_counter()
             state = str(Path(tmp) / name)
-            if name == "fuzz":
-                res[name] = part_fuzz(state, args.fuzz)
-            elif name == "never_reading":
-                res[name] = part_never_reading(state)
-            elif name == "vanishing":
-                res[name] = part_vanishing(state)
-            elif name == "cross_token":
-                res[name] = part_cross_token(state)
-            elif name == "bypass":
-                res[name] = part_bypass(state)
-            elif name == "sigkill":
-                res[name] = part_sigkill(state)
-            else:
-                res[name] = part_soak(state, args.soak_n, args.soak_s)
+            try:
+                res[name] = run_part(name, state, args)
+            except Exception as exc:   # one broken part must not hide the others' numbers
+                res[name] = None
+                res.setdefault("failed_parts", {})[name] = repr(exc)[:500]
             print(json.dumps(res[name], default=str)[:1500], f"({time.perf_counter() - t0:.0f} s)", flush=True)
     res["load_avg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2, default=str))
     print(table(res))
+    for name, why in res.get("failed_parts", {}).items():
+        print(f"part {name} failed: {why}")
     print(f"wrote {args.out}")
     return 0
 
