@@ -366,7 +366,7 @@ def part_never_reading(state: str, timeout_s: float = 10.0) -> dict[str, Any]:
                             "stall_to_release_s": round(released - (stalled_at or released), 2),
                             "rss_peak_over_baseline_mb": round(peak_rss - rss0, 1),
                             "rss_after_over_baseline_mb": round(srv.rss_mb() - rss0, 1)})
-        found = re.search(r"mmagent_slow_clients_dropped_total (\S+)", srv.metrics())
+        found = re.search(r"^mmagent_slow_clients_dropped_total (\S+)$", srv.metrics(), flags=re.M)
         return {"timeout_s": timeout_s, "runs": results, "slot_released": srv.sessions() == 0,
                 "dropped": int(float(found.group(1))) if found else 0}
     finally:
