@@ -58,10 +58,17 @@ CREATE TABLE IF NOT EXISTS turns (
     PRIMARY KEY (session_id, idx)
 );
 CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated_at);
+-- The dialogue manager's state of a session (agent/dialogue.py), written with each turn.
+-- Added without a schema version change: CREATE IF NOT EXISTS upgrades older files in place.
+CREATE TABLE IF NOT EXISTS dialogue_state (
+    session_id TEXT PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    updated_at REAL
+);
 """
 # Fields of TurnRecord kept in the JSON ``data`` column.
 _DATA_FIELDS = ("perception", "fused", "route", "retrieved", "reply", "actions", "rejected_actions",
-                "timings", "error", "guard")
+                "timings", "error", "guard", "dialogue")
 
 
 class SessionStore:
@@ -148,8 +155,15 @@ class SessionStore:
         if row["updated_at"] < time.time() - self.retention_s:
             self.delete_session(session_id)
             raise SessionError(f"session {session_id!r} expired")
-        return Session(session_id, created_at=row["created_at"], turns=self.load_turns(session_id),
-                       store=self, meta=json.loads(row["meta"] or "{}"))
+        session = Session(session_id, created_at=row["created_at"], turns=self.load_turns(session_id),
+                          store=self, meta=json.loads(row["meta"] or "{}"))
+        session.dialogue_state = self.load_dialogue_state(session_id)
+        return session
+
+    def load_dialogue_state(self, session_id: str) -> dict[str, Any]:
+        """The dialogue manager's stored state of a session ({} if none yet)."""
+        row = self._conn().execute("SELECT state FROM dialogue_state WHERE session_id=?", (session_id,)).fetchone()
+        return dict(json.loads(row["state"])) if row is not None else {}
 
     def load_turns(self, session_id: str) -> list[TurnRecord]:
         rows = self._conn().execute("SELECT * FROM turns WHERE session_id=? ORDER BY idx", (session_id,)).fetchall()
@@ -169,8 +183,9 @@ class SessionStore:
                           fused_vector=vec, barge_in=bool(r["barge_in"]), media=media,
                           **{k: data[k] for k in _DATA_FIELDS if k in data})
 
-    def save_turn(self, session_id: str, t: TurnRecord) -> None:
-        """Write one finished turn and touch its session, in one transaction."""
+    def save_turn(self, session_id: str, t: TurnRecord, *, dialogue_state: dict[str, Any] | None = None) -> None:
+        """Write one finished turn and touch its session, in one transaction (with the session's
+        dialogue state after the turn, when given)."""
         data = json.dumps({k: getattr(t, k) for k in _DATA_FIELDS}, default=str)
         vec = array.array("f", t.fused_vector).tobytes() if t.fused_vector is not None else None
         media = json.dumps(t.media).encode() if (self.store_media and t.media is not None) else None
@@ -183,6 +198,9 @@ class SessionStore:
                 (session_id, t.index, t.turn_id, t.created_at, t.status, t.text, t.typed_text, t.transcript,
                  data, vec, media, int(t.barge_in)))
             conn.execute("UPDATE sessions SET updated_at=? WHERE id=?", (time.time(), session_id))
+            if dialogue_state is not None:
+                conn.execute("INSERT OR REPLACE INTO dialogue_state(session_id, state, updated_at) VALUES (?,?,?)",
+                             (session_id, json.dumps(dialogue_state), time.time()))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -198,6 +216,7 @@ class SessionStore:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("DELETE FROM turns WHERE session_id=?", (session_id,))
+        conn.execute("DELETE FROM dialogue_state WHERE session_id=?", (session_id,))
         conn.execute("DELETE FROM sessions WHERE id=?", (session_id,))
         conn.execute("COMMIT")
 
@@ -210,6 +229,7 @@ class SessionStore:
             ids = [r[0] for r in conn.execute("SELECT id FROM sessions WHERE updated_at < ?", (cutoff,))]
             for sid in ids:
                 conn.execute("DELETE FROM turns WHERE session_id=?", (sid,))
+                conn.execute("DELETE FROM dialogue_state WHERE session_id=?", (sid,))
                 conn.execute("DELETE FROM sessions WHERE id=?", (sid,))
             conn.execute("COMMIT")
         except BaseException:
