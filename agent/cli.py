@@ -625,14 +625,16 @@ def _clip(text: str | None, n: int) -> str:
 
 
 def session_lines(rows: list[dict[str, Any]], previews: dict[str, dict[str, str | None]]) -> list[str]:
-    """One line per session: last activity (local time), id, turns, first question … last reply."""
+    """One line per session: last activity (local time), id, owner, turns, first question … last reply."""
     lines = []
     for r in rows:
         pv = previews.get(r["id"]) or {}
         first, last = _clip(pv.get("first_text"), 40), _clip(pv.get("last_reply"), 60)
         talk = f"“{first}” … “{last}”" if first or last else "(no turns)"
         n = r.get("turns") or 0
-        lines.append(f"{_local_time(r.get('updated_at'))}  {r['id']}  {n:>3} turn{'s' if n != 1 else ' '}  {talk}")
+        owner = r.get("owner") or "-"   # the principal that may resume it (docs/protocol.md)
+        lines.append(f"{_local_time(r.get('updated_at'))}  {r['id']}  {owner:20}  {n:>3} turn{'s' if n != 1 else ' '}"
+                     f"  {talk}")
     return lines
 
 
@@ -648,7 +650,7 @@ def _sessions_list(args: argparse.Namespace) -> int:
     elif not rows:
         print("no sessions")
     else:
-        print(f"{'last active':16}  {'session':{len(rows[0]['id'])}}  turns  first question … last reply")
+        print(f"{'last active':16}  {'session':{len(rows[0]['id'])}}  {'owner':20}  turns  first question … last reply")
         print("\n".join(session_lines(rows, previews)))
     return 0
 

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 
 
 def new_session_id() -> str:
-    return "sess_" + secrets.token_hex(6)
+    """128 random bits: a session id cannot be guessed or probed (the server also checks that
+    the one resuming it is its owner)."""
+    return "sess_" + secrets.token_hex(16)
 
 
 def new_turn_id() -> str:

@@ -6,12 +6,17 @@ earlier ones. Each thread gets its own connection, so the store is safe to call 
 threads (the agent calls it through ``asyncio.to_thread``). Sessions idle longer than the
 retention are deleted at open and by :meth:`SessionStore.expire`.
 
-Schema (version 1)::
+Schema (version 2)::
 
-    sessions(id PK, created_at, updated_at, pack, meta JSON)
+    sessions(id PK, created_at, updated_at, pack, meta JSON, owner)
     turns(session_id, idx, turn_id UNIQUE, created_at, status, text, typed_text, transcript,
           data JSON (perception, fused, retrieved, reply, actions, timings, ...),
           fused_vector BLOB (float32), media BLOB (JSON, only when configured), barge_in)
+
+``owner`` is the principal that created the session (the server's non-secret id of an API
+token, or ``"local"`` when no tokens are configured; never a token itself). Version 2 added
+it; a version-1 database is migrated at open (``ALTER TABLE``), its sessions keep owner NULL,
+which the server treats as ``"local"``: resumable only while no tokens are configured.
 """
 
 from __future__ import annotations
@@ -27,14 +32,15 @@ from typing import Any
 from .errors import SessionError
 from .session import Session, TurnRecord, new_session_id
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     pack TEXT,
-    meta TEXT NOT NULL DEFAULT '{}'
+    meta TEXT NOT NULL DEFAULT '{}',
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
@@ -80,8 +86,17 @@ class SessionStore:
         conn = self._conn()
         with conn:
             conn.executescript(_SCHEMA)
+            self._migrate(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self.expire()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring an older database up to SCHEMA_VERSION (tables are created IF NOT EXISTS, so a
+        column added since must be added here)."""
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
+        if "owner" not in columns:   # version 1 → 2: sessions.owner (NULL for older sessions)
+            conn.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -110,17 +125,27 @@ class SessionStore:
     # -- sessions -------------------------------------------------------------------------------
 
     def create_session(self, session_id: str | None = None, *, pack: str | None = None,
-                       meta: dict[str, Any] | None = None) -> Session:
+                       meta: dict[str, Any] | None = None, owner: str | None = None) -> Session:
+        """A new session; ``owner``: the principal that may resume it (see the module docstring)."""
         sid = session_id or new_session_id()
         now = time.time()
         conn = self._conn()
         with conn:
-            conn.execute("INSERT INTO sessions(id, created_at, updated_at, pack, meta) VALUES (?,?,?,?,?)",
-                         (sid, now, now, pack, json.dumps(meta or {})))
+            conn.execute("INSERT INTO sessions(id, created_at, updated_at, pack, meta, owner) VALUES (?,?,?,?,?,?)",
+                         (sid, now, now, pack, json.dumps(meta or {}), owner))
         return Session(sid, created_at=now, store=self, meta=meta)
 
     def exists(self, session_id: str) -> bool:
         return self._conn().execute("SELECT 1 FROM sessions WHERE id=?", (session_id,)).fetchone() is not None
+
+    def owner_of(self, session_id: str) -> str | None:
+        """The owner of a live session (None: created before owners were stored). One indexed
+        read and no turns, so a caller can check the owner before loading anything; an unknown
+        or expired id raises :class:`SessionError`."""
+        row = self._conn().execute("SELECT owner, updated_at FROM sessions WHERE id=?", (session_id,)).fetchone()
+        if row is None or row["updated_at"] < time.time() - self.retention_s:
+            raise SessionError(f"unknown session id {session_id!r}")
+        return row["owner"] if row["owner"] is None else str(row["owner"])
 
     def load_session(self, session_id: str) -> Session:
         """The session with all its turns; :class:`SessionError` if unknown or expired."""
@@ -216,7 +241,7 @@ class SessionStore:
 
     def list_sessions(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._conn().execute(
-            "SELECT s.id, s.created_at, s.updated_at, s.pack, COUNT(t.idx) AS turns FROM sessions s"
+            "SELECT s.id, s.created_at, s.updated_at, s.pack, s.owner, COUNT(t.idx) AS turns FROM sessions s"
             " LEFT JOIN turns t ON t.session_id = s.id GROUP BY s.id ORDER BY s.updated_at DESC LIMIT ?",
             (limit,)).fetchall()
         return [dict(r) for r in rows]
@@ -240,7 +265,7 @@ class SessionStore:
         if row is None:
             raise SessionError(f"unknown session id {session_id!r}")
         return {"id": row["id"], "created_at": row["created_at"], "updated_at": row["updated_at"],
-                "pack": row["pack"], "meta": json.loads(row["meta"] or "{}"),
+                "pack": row["pack"], "owner": row["owner"], "meta": json.loads(row["meta"] or "{}"),
                 "turns": [t.to_json() for t in self.load_turns(session_id)]}
 
     def integrity_check(self) -> str:

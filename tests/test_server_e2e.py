@@ -624,8 +624,11 @@ def test_client_reconnects_and_resumes(mm_server: Any) -> None:
 
 @pytest.fixture(scope="module")
 def short_reply_server() -> Any:
-    """The real pipeline with replies capped at 8 tokens (the local LLM generates one reply at a time)."""
-    srv = start_server(agent={"responder": {"kind": "local", "local": {"max_new_tokens": 8}}})
+    """The real pipeline with replies capped at 8 tokens (the local LLM generates one reply at a time).
+    Admission control off (max_waiting_turns 0): the 20 turns of its test all wait and all complete;
+    shedding them is tested in tests/test_server_hardening.py."""
+    srv = start_server(agent={"responder": {"kind": "local", "local": {"max_new_tokens": 8}}},
+                       pipeline={"max_waiting_turns": 0})
     yield srv
     srv.stop()
 
