@@ -48,9 +48,21 @@ def decode_audio(events: list[dict[str, Any]]) -> bytes:
     return b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
 
 
-def test_reply_audio_says_the_reply(mm_server: Any, perception: Any) -> None:
+@pytest.fixture(scope="module")
+def pack_listener() -> Any:
+    """Whisper as the server itself listens: biased with the demo pack's vocabulary (issue 13
+    item 4). Plain tiny.en hears this voice's "are in aisle seven" as "R and I-07"."""
+    from agent import load_pack
+    from agent.vocabulary import pack_vocabulary
+    from perception import Perception, PerceptionConfig
+
+    return Perception(PerceptionConfig(speech_vocabulary=tuple(pack_vocabulary(load_pack()))))
+
+
+def test_reply_audio_says_the_reply(mm_server: Any, pack_listener: Any) -> None:
     """A typed question, answered aloud at 16 kHz: GA event order, the output_audio part with its
     transcript, and audio whose Whisper transcript matches the reply text (word overlap >= 0.8)."""
+    perception = pack_listener
     async def main() -> tuple[list[dict[str, Any]], dict[str, Any]]:
         async with RealtimeClient(mm_server.ws_url) as c:
             await c.update_session(output_modalities=["audio"],

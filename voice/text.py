@@ -271,10 +271,22 @@ def _decimal(m: re.Match[str]) -> str:
     return f"{_say_int(m.group(1))} point {digits(m.group(2))}"
 
 
+# Battery sizes and similar letter pairs are said the way shop staff say them ("double A"),
+# which a listener (and Whisper) follows; espeak-ng would read "AA" as a long vowel.
+_DOUBLE_LETTER = re.compile(r"\b([A-Z])\1\b")
+_TRIPLE_LETTER = re.compile(r"\b([A-Z])\1\1\b")
+# A parenthesis is heard as a pause: "(pack of 4)" is said ", pack of four,".
+_PAREN = re.compile(r"\s*\(([^()]*)\)")
+
+
 def normalize(text: str) -> str:
     """Rewrite prices, times, ordinals, percentages, units and numbers as English words."""
     for sym, word in _SYMBOLS:
         text = text.replace(sym, word)
+    text = _TRIPLE_LETTER.sub(lambda m: f"triple {m.group(1)}", text)
+    text = _DOUBLE_LETTER.sub(lambda m: f"double {m.group(1)}", text)
+    text = _PAREN.sub(lambda m: f", {m.group(1).strip()},", text)
+    text = re.sub(r",\s*([,.;:!?])", r"\1", text)
     text = _MONEY.sub(_money, text)
     text = _TIME.sub(_time, text)
     text = _CLOCK.sub(_clock, text)
