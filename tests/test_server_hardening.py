@@ -526,8 +526,9 @@ def test_overload_is_shed_with_server_busy(busy_server: Any) -> None:
 
 
 def test_respond_timeout_is_enforced_on_the_real_pipeline() -> None:
-    """respond_timeout_s = 0.2 s: a real reply (longer than that) fails with response_timeout."""
-    srv = start_server(pipeline={"respond_timeout_s": 0.2})
+    """respond_timeout_s = 0.2 s: a real reply of the local language model (longer than that)
+    fails with response_timeout."""
+    srv = start_server(pipeline={"respond_timeout_s": 0.2}, agent={"responder": {"kind": "local"}})
     try:
         async def main() -> None:
             async with connect(srv.ws_url) as ws:  # type: ignore[attr-defined]
