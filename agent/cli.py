@@ -82,7 +82,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_ask)
 
     p = subparsers.add_parser("sessions", help="list, show or export stored sessions (JSON)")
-    p.add_argument("--db", help="SQLite session store (default ~/.cache/mmagent/sessions.sqlite3)")
+    p.add_argument("--db", help="session store: a SQLite file (default ~/.cache/mmagent/sessions.sqlite3) "
+                   "or a postgresql:// URL")
     sp = p.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
     q = sp.add_parser("list", help="most recently active sessions")
     q.add_argument("--limit", type=int, default=50)
@@ -124,7 +125,10 @@ def _config(args: argparse.Namespace) -> Any:
     if getattr(args, "base_url", None):
         cfg.responder.openai.base_url = args.base_url
     if getattr(args, "db", None):
-        cfg.store.path = args.db
+        if args.db.startswith(("postgresql://", "postgres://")):
+            cfg.store.url = args.db
+        else:
+            cfg.store.path = args.db
     return cfg.validate()
 
 
@@ -586,11 +590,11 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _store(args: argparse.Namespace) -> Any:
     from agent.config import StoreConfig
-    from agent.store import SessionStore
+    from agent.store_api import is_postgres_url, open_store
 
-    sc = StoreConfig(path=args.db)
-    path = sc.resolved_path()
-    return SessionStore(path, retention_days=sc.retention_days)
+    db = args.db
+    sc = StoreConfig(url=db) if is_postgres_url(db) else StoreConfig(path=db)
+    return open_store(sc)
 
 
 def _sessions_list(args: argparse.Namespace) -> int:
