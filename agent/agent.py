@@ -170,8 +170,11 @@ class Agent:
         ``create_missing``. Cheap (one indexed read); call it from a thread if the store is slow."""
         from .errors import SessionError
 
+        # A store shared by several front ends (PostgreSQL) may hold turns another front end wrote
+        # since this one last saw the session: resume from the store, never from a stale copy.
+        shared = bool(getattr(self.store, "shared", False))
         with self._sessions_lock:
-            if session_id and session_id in self._sessions:
+            if session_id and session_id in self._sessions and not shared:
                 self._sessions.move_to_end(session_id)
                 return self._sessions[session_id]
         if session_id and self.store is not None:

@@ -82,6 +82,8 @@ def migrate(conn: Any) -> int:
 class PostgresSessionStore:
     """Sessions and turns in PostgreSQL; satisfies :class:`agent.store_api.SessionStoreProtocol`."""
 
+    shared = True   # several processes write it: the agent resumes sessions from here, not memory
+
     def __init__(self, url: str, *, retention_days: float = 30.0, store_media: bool = False,
                  pool_size: int = 8, connect_timeout_s: float = 10.0) -> None:
         import psycopg

@@ -41,6 +41,7 @@ class LimitsConfig:
     max_sessions: int = 64
     max_sessions_per_token: int = 16
     max_errors_per_10s: int = 100
+    drain_timeout_s: float = 20.0           # on SIGTERM, turns in flight get this long to finish
 
 
 @dataclass
@@ -134,7 +135,7 @@ class ServerConfig:
         if lim.hard_max_message_bytes < lim.max_message_bytes:
             raise ConfigError("limits.hard_max_message_bytes must be >= limits.max_message_bytes")
         for name in ("max_frames_per_s", "max_audio_seconds_per_s", "max_pending_audio_s", "idle_timeout_s",
-                     "frame_window_s", "audio_burst_s"):
+                     "frame_window_s", "audio_burst_s", "drain_timeout_s"):
             if getattr(lim, name) <= 0:
                 raise ConfigError(f"limits.{name} must be > 0")
         for name in ("max_sessions", "max_sessions_per_token", "max_frames_per_turn", "max_errors_per_10s",
@@ -172,6 +173,11 @@ class ServerConfig:
         if isinstance(responder, dict) and isinstance(responder.get("openai"), dict) \
                 and responder["openai"].get("api_key"):
             responder["openai"] = {**responder["openai"], "api_key": "***"}
+        store = d.get("agent", {}).get("store")
+        if isinstance(store, dict) and isinstance(store.get("url"), str):
+            from agent.store_postgres import _redact
+
+            store["url"] = _redact(store["url"])
         return d
 
 
