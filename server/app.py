@@ -28,7 +28,7 @@ from server import protocol as P
 from server.config import ServerConfig
 from server.connection import Connection
 from server.core.pipeline import error as error_event
-from server.engine import LocalEngine, ModelEngine
+from server.engine import ModelEngine, make_engine
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.engine: ModelEngine = LocalEngine(config, self.metrics)
+        self.engine: ModelEngine = make_engine(config, self.metrics)
         # Turn detection (the VAD on each audio chunk) gets its own thread so it never waits
         # behind a model call.
         self.light_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")

@@ -98,6 +98,33 @@ class PipelineConfig:
 
 
 @dataclass
+class DeploymentConfig:
+    """One model's Ray Serve deployment (``engine: ray``; docs/deploy.md)."""
+
+    num_replicas: int = 1             # replicas at start (the minimum when autoscaling)
+    max_replicas: int = 0             # > num_replicas: autoscale between the two on queued requests
+    target_ongoing_requests: float = 8.0   # autoscaling: requests in flight per replica to aim for
+    max_batch_size: int = 16          # @serve.batch: calls of all front ends in one forward pass
+    batch_wait_ms: float = 5.0        # ... waiting at most this long for the batch to fill
+    num_cpus: float = 1.0             # Ray resources per replica
+    num_gpus: float = 0.0
+
+
+@dataclass
+class ServingConfig:
+    """Where the models run: ``local`` (in this process, the default) or ``ray`` (Ray Serve
+    deployments started by ``mmagent models serve``, shared by every front end)."""
+
+    engine: str = "local"
+    address: str = "auto"             # the Ray cluster (``auto``: the one running on this machine)
+    namespace: str = "mmagent"
+    app_prefix: str = "mmagent-"      # applications: <prefix>text, <prefix>speech, <prefix>vision
+    text: DeploymentConfig = field(default_factory=DeploymentConfig)
+    speech: DeploymentConfig = field(default_factory=lambda: DeploymentConfig(max_batch_size=4))
+    vision: DeploymentConfig = field(default_factory=lambda: DeploymentConfig(max_batch_size=8))
+
+
+@dataclass
 class ServerConfig:
     """Everything ``mmagent serve`` needs; see the README's configuration table."""
 
@@ -116,6 +143,7 @@ class ServerConfig:
     agent: dict[str, Any] = field(default_factory=dict)   # agent.AgentConfig as nested dicts
     # perception.PerceptionConfig fields (own models by path, devices, threads, limits, ...)
     perception: dict[str, Any] = field(default_factory=dict)
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def validate(self) -> ServerConfig:
         """Raise ConfigError naming the first bad value; return self."""
@@ -147,6 +175,13 @@ class ServerConfig:
             if b.max_batch < 1 or b.max_wait_ms < 0:
                 raise ConfigError(f"batching.{bname}: max_batch must be >= 1 and max_wait_ms >= 0")
         self.perception_config()   # raises ConfigError naming a bad perception.* key or value
+        if self.serving.engine not in ("local", "ray"):
+            raise ConfigError(f"serving.engine must be 'local' or 'ray', not {self.serving.engine!r}")
+        for dname in ("text", "speech", "vision"):
+            d: DeploymentConfig = getattr(self.serving, dname)
+            if d.num_replicas < 1 or d.max_batch_size < 1 or d.batch_wait_ms < 0 or d.num_cpus < 0:
+                raise ConfigError(f"serving.{dname}: num_replicas and max_batch_size must be >= 1, "
+                                  "batch_wait_ms and num_cpus >= 0")
         if self.pipeline.frames_per_turn < 1:
             raise ConfigError("pipeline.frames_per_turn must be >= 1")
         if self.batching.model_threads < 1:
