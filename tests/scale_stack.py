@@ -92,6 +92,52 @@ class FrontEnd:
             return ""
 
 
+class ModelTier:
+    """``mmagent models serve``: a local Ray cluster with the encoder deployments."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any] | None = None) -> None:
+        self.workdir = workdir
+        self.ready_file = workdir / "models-ready.json"
+        self.log = workdir / "models-serve.log"
+        self.config = workdir / "models-config.json"
+        self.config.write_text(json.dumps(config or {}))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.gcs_address = ""
+
+    def start(self, timeout: float = 240.0) -> ModelTier:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "RAY_USAGE_STATS_ENABLED": "0"}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "models", "serve", "--config",
+                                          str(self.config), "--address", "local", "--ready-file",
+                                          str(self.ready_file)], cwd=REPO, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready_file.exists():
+                self.gcs_address = json.loads(self.ready_file.read_text())["gcs_address"]
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mmagent models serve exited ({self.proc.returncode}):\n{self.tail()}")
+            time.sleep(0.5)
+        raise TimeoutError(f"model tier not ready in {timeout:.0f} s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
 class HAProxy:
     """deploy/haproxy.cfg on a loopback port in front of the given front ends."""
 
@@ -152,19 +198,31 @@ class HAProxy:
 
 
 class ScaleStack:
-    """PostgreSQL (own server unless ``pg`` is given) + ``n`` front ends + HAProxy."""
+    """PostgreSQL (own server unless ``pg`` is given) + the Ray Serve model tier (``ray=True``) +
+    ``n`` front ends + HAProxy."""
 
-    def __init__(self, n: int = 2, *, pg: PostgresServer | None = None, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, n: int = 2, *, pg: PostgresServer | None = None, ray: bool = False,
+                 extra: dict[str, Any] | None = None) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="mmagent-scale-"))
         self._own_pg = pg is None
         self.pg = pg or PostgresServer().start()
         self.db = f"scale_{os.getpid()}_{int(time.time())}"
         self.store_url = self.pg.create_database(self.db)
-        self.front_ends = [FrontEnd(f"fe{i + 1}", free_port(), self.store_url, self.workdir, extra)
-                           for i in range(n)]
-        self.lb = HAProxy(self.front_ends, self.workdir)
+        self.extra = dict(extra or {})
+        self.models = ModelTier(self.workdir, {k: v for k, v in self.extra.items() if k == "serving"}) if ray else None
+        self.n = n
+        self.front_ends: list[FrontEnd] = []
+        self.lb: HAProxy | None = None
 
     def start(self, timeout: float = 300.0) -> ScaleStack:
+        if self.models is not None:
+            self.models.start()
+            # "auto": the cluster running on this machine (the one the model tier just started)
+            serving = {**self.extra.get("serving", {}), "engine": "ray", "address": "auto"}
+            self.extra["serving"] = serving
+        self.front_ends = [FrontEnd(f"fe{i + 1}", free_port(), self.store_url, self.workdir, self.extra)
+                           for i in range(self.n)]
+        self.lb = HAProxy(self.front_ends, self.workdir)
         for fe in self.front_ends:
             fe.start()
         for fe in self.front_ends:
@@ -173,9 +231,12 @@ class ScaleStack:
         return self
 
     def stop(self) -> None:
-        self.lb.stop()
+        if self.lb is not None:
+            self.lb.stop()
         for fe in self.front_ends:
             fe.kill()
+        if self.models is not None:
+            self.models.stop()
         if self._own_pg:
             self.pg.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)

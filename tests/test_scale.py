@@ -1,5 +1,7 @@
-"""Scale-out on this machine: PostgreSQL 15 in a temporary directory, two ``mmagent serve`` front
-ends sharing it, HAProxy (deploy/haproxy.cfg) in front, the Python client through the balancer.
+"""Scale-out on this machine: PostgreSQL 15 in a temporary directory, the model tier on a local Ray
+cluster (``mmagent models serve``: the encoders as Ray Serve deployments), two ``mmagent serve``
+front ends sharing both (``serving.engine: ray``, the language model in each), HAProxy
+(deploy/haproxy.cfg) in front, the Python client through the balancer.
 
 One session lives through everything a fleet does to it: a typed turn and a spoken turn; its
 front end is SIGKILLed with a turn in flight (the client resumes on the other one and the
@@ -61,14 +63,19 @@ def test_two_front_ends_behind_haproxy_share_sessions_and_survive_kill_and_drain
     from tests.scale_stack import ScaleStack
 
     t_start = time.monotonic()
-    stack = ScaleStack(2, pg=pg_server)
+    # Ray's scheduling CPUs: a quarter each, so all three deployments fit a small CI machine.
+    small = {"num_cpus": 0.25}
+    stack = ScaleStack(2, pg=pg_server, ray=True,
+                       extra={"serving": {"text": small, "speech": small, "vision": small}})
     timings: dict[str, float] = {}
     try:
         stack.start()
+        assert stack.lb is not None
         timings["stack_start_s"] = time.monotonic() - t_start
         completed: list[dict[str, Any]] = []   # response.done of every completed turn, in order
 
         async def main() -> None:
+            assert stack.lb is not None
             c = RealtimeClient(stack.lb.ws_url, max_reconnect_s=60)
             await c.connect()
             sid = c.session_id
@@ -155,6 +162,8 @@ def test_two_front_ends_behind_haproxy_share_sessions_and_survive_kill_and_drain
     except BaseException:
         for fe in stack.front_ends:
             print(f"---- {fe.name} log\n{fe.tail()}")
+        if stack.models is not None:
+            print(f"---- models log\n{stack.models.tail()}")
         raise
     finally:
         stack.stop()

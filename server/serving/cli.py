@@ -45,13 +45,14 @@ def _serve_models(args: argparse.Namespace) -> int:
     serving = config.serving
     address = args.address or serving.address
     t0 = time.perf_counter()
-    started_here = False
-    try:
-        ray.init(address=address, namespace=serving.namespace, include_dashboard=False, log_to_driver=False)
-    except ConnectionError:
-        if address not in ("auto", "local"):
-            raise
-        started_here = True
+    started_here = address == "local"
+    if not started_here:
+        try:
+            ray.init(address=address, namespace=serving.namespace, include_dashboard=False, log_to_driver=False)
+        except ConnectionError:
+            if address != "auto":
+                raise
+            started_here = True
     if started_here:   # no cluster running: start one here (its head lives as long as this command)
         import os
 
@@ -76,10 +77,11 @@ def _serve_models(args: argparse.Namespace) -> int:
             json.dump({"apps": list(apps), "gcs_address": ray.get_runtime_context().gcs_address}, f)
     asyncio.run(_wait_for_signal())
     log.info("stopping the model tier…")
-    for name in apps:
-        serve.delete(name)
     if started_here:
-        serve.shutdown()
+        serve.shutdown()   # the whole cluster goes with this process
+    else:
+        for name in apps:
+            serve.delete(name)
     ray.shutdown()
     return 0
 
