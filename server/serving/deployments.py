@@ -120,3 +120,18 @@ def build_apps(config: Any) -> dict[str, Any]:
         apps[config.serving.app_prefix + name] = cls.options(**options).bind(pconf, d.max_batch_size,
                                                                              d.batch_wait_ms)
     return apps
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Ray Serve application builder (``import_path: server.serving.deployments:build_app``), for a
+    Ray Serve config file or KubeRay's RayService: ``args: {model: text|speech|vision,
+    config: /path/to/mmagent.yaml}`` (the config's ``serving.<model>`` sets replicas, batching)."""
+    from server.config import load_config
+
+    model = str(args.get("model", ""))
+    if model not in DEPLOYMENTS:
+        from perception.errors import ConfigError
+
+        raise ConfigError(f"build_app: model must be one of {sorted(DEPLOYMENTS)}, got {model!r}")
+    config = load_config(args.get("config"))
+    return build_apps(config)[config.serving.app_prefix + model]
