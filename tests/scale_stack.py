@@ -46,8 +46,10 @@ class FrontEnd:
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = self.workdir / "config.json"
-        cfg = {"host": "127.0.0.1", "port": port, "state_dir": str(self.workdir / "state"),
-               "agent": {"store": {"url": store_url}}, **(extra or {})}
+        extra = dict(extra or {})
+        agent = {**extra.pop("agent", {})}
+        agent["store"] = {**agent.get("store", {}), "url": store_url}
+        cfg = {"host": "127.0.0.1", "port": port, "state_dir": str(self.workdir / "state"), "agent": agent, **extra}
         self.config.write_text(json.dumps(cfg))
         self.log = self.workdir / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
