@@ -50,6 +50,16 @@ CREATE TABLE turns (
 );
 CREATE INDEX sessions_updated ON sessions(updated_at);
 """),
+    # The principal that created the session (the SQLite store's schema 2); NULL for older ones.
+    (2, "ALTER TABLE sessions ADD COLUMN owner TEXT"),
+    # The dialogue manager's state of a session, written with each turn.
+    (3, """
+CREATE TABLE dialogue_state (
+    session_id TEXT PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    updated_at DOUBLE PRECISION
+);
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 # pg_advisory_xact_lock key: "mmagent" in ASCII, so other applications' locks never collide.
@@ -120,13 +130,29 @@ class PostgresSessionStore:
     # -- sessions -------------------------------------------------------------------------------
 
     def create_session(self, session_id: str | None = None, *, pack: str | None = None,
-                       meta: dict[str, Any] | None = None) -> Session:
+                       meta: dict[str, Any] | None = None, owner: str | None = None) -> Session:
+        """A new session; ``owner``: the principal that may resume it."""
         sid = session_id or new_session_id()
         now = time.time()
         with self._connection() as conn:
-            conn.execute("INSERT INTO sessions(id, created_at, updated_at, pack, meta) VALUES (%s,%s,%s,%s,%s)",
-                         (sid, now, now, pack, json.dumps(meta or {})))
+            conn.execute("INSERT INTO sessions(id, created_at, updated_at, pack, meta, owner)"
+                         " VALUES (%s,%s,%s,%s,%s,%s)", (sid, now, now, pack, json.dumps(meta or {}), owner))
         return Session(sid, created_at=now, store=self, meta=meta)
+
+    def owner_of(self, session_id: str) -> str | None:
+        """The owner of a live session (None: created before owners were stored); an unknown or
+        expired id raises :class:`SessionError`."""
+        with self._connection() as conn:
+            row = conn.execute("SELECT owner, updated_at FROM sessions WHERE id=%s", (session_id,)).fetchone()
+        if row is None or row["updated_at"] < time.time() - self.retention_s:
+            raise SessionError(f"unknown session id {session_id!r}")
+        return None if row["owner"] is None else str(row["owner"])
+
+    def load_dialogue_state(self, session_id: str) -> dict[str, Any]:
+        """The dialogue manager's stored state of a session ({} if none yet)."""
+        with self._connection() as conn:
+            row = conn.execute("SELECT state FROM dialogue_state WHERE session_id=%s", (session_id,)).fetchone()
+        return dict(json.loads(row["state"])) if row is not None else {}
 
     def exists(self, session_id: str) -> bool:
         with self._connection() as conn:
@@ -143,11 +169,15 @@ class PostgresSessionStore:
             else:
                 expired = False
                 turns = self._turns(conn, session_id)
+                state = conn.execute("SELECT state FROM dialogue_state WHERE session_id=%s",
+                                     (session_id,)).fetchone()
         if expired:
             self.delete_session(session_id)
             raise SessionError(f"session {session_id!r} expired")
-        return Session(session_id, created_at=row["created_at"], turns=turns, store=self,
-                       meta=json.loads(row["meta"] or "{}"))
+        session = Session(session_id, created_at=row["created_at"], turns=turns, store=self,
+                          meta=json.loads(row["meta"] or "{}"))
+        session.dialogue_state = dict(json.loads(state["state"])) if state is not None else {}  # type: ignore[attr-defined]
+        return session
 
     def load_turns(self, session_id: str) -> list[TurnRecord]:
         with self._connection() as conn:
@@ -171,8 +201,9 @@ class PostgresSessionStore:
                           fused_vector=vec, barge_in=bool(r["barge_in"]), media=media,
                           **{k: data[k] for k in _DATA_FIELDS if k in data})
 
-    def save_turn(self, session_id: str, t: TurnRecord) -> None:
-        """Write one finished turn and touch its session, in one transaction."""
+    def save_turn(self, session_id: str, t: TurnRecord, *, dialogue_state: dict[str, Any] | None = None) -> None:
+        """Write one finished turn and touch its session, in one transaction (with the session's
+        dialogue state after the turn, when given)."""
         data = json.dumps({k: getattr(t, k) for k in _DATA_FIELDS}, default=str)
         vec = array.array("f", t.fused_vector).tobytes() if t.fused_vector is not None else None
         media = json.dumps(t.media).encode() if (self.store_media and t.media is not None) else None
@@ -187,6 +218,10 @@ class PostgresSessionStore:
                 (session_id, t.index, t.turn_id, t.created_at, t.status, t.text, t.typed_text, t.transcript,
                  data, vec, media, bool(t.barge_in)))
             conn.execute("UPDATE sessions SET updated_at=%s WHERE id=%s", (time.time(), session_id))
+            if dialogue_state is not None:
+                conn.execute("INSERT INTO dialogue_state(session_id, state, updated_at) VALUES (%s,%s,%s)"
+                             " ON CONFLICT (session_id) DO UPDATE SET state=EXCLUDED.state,"
+                             " updated_at=EXCLUDED.updated_at", (session_id, json.dumps(dialogue_state), time.time()))
 
     def set_barge_in(self, session_id: str, turn_id: str, flag: bool = True) -> None:
         with self._connection() as conn:
@@ -209,10 +244,23 @@ class PostgresSessionStore:
     def list_sessions(self, limit: int = 50) -> list[dict[str, Any]]:
         with self._connection() as conn:
             rows = conn.execute(
-                "SELECT s.id, s.created_at, s.updated_at, s.pack, COUNT(t.idx) AS turns FROM sessions s"
+                "SELECT s.id, s.created_at, s.updated_at, s.pack, s.owner, COUNT(t.idx) AS turns FROM sessions s"
                 " LEFT JOIN turns t ON t.session_id = s.id GROUP BY s.id ORDER BY s.updated_at DESC LIMIT %s",
                 (limit,)).fetchall()
         return [dict(r) for r in rows]
+
+    def previews(self, session_ids: list[str]) -> dict[str, dict[str, str | None]]:
+        """For each session: its first user text and its last reply (``mmagent sessions list``)."""
+        out: dict[str, dict[str, str | None]] = {}
+        with self._connection() as conn:
+            for sid in session_ids:
+                first = conn.execute("SELECT COALESCE(text, transcript, typed_text) AS t FROM turns"
+                                     " WHERE session_id=%s ORDER BY idx LIMIT 1", (sid,)).fetchone()
+                last = conn.execute("SELECT data::json->>'reply' AS r FROM turns WHERE session_id=%s"
+                                    " AND COALESCE(data::json->>'reply', '') != '' ORDER BY idx DESC LIMIT 1",
+                                    (sid,)).fetchone()
+                out[sid] = {"first_text": first["t"] if first else None, "last_reply": last["r"] if last else None}
+        return out
 
     def export(self, session_id: str) -> dict[str, Any]:
         """The whole session as JSON-ready data (what ``mmagent sessions export`` prints)."""
@@ -222,7 +270,7 @@ class PostgresSessionStore:
                 raise SessionError(f"unknown session id {session_id!r}")
             turns = self._turns(conn, session_id)
         return {"id": row["id"], "created_at": row["created_at"], "updated_at": row["updated_at"],
-                "pack": row["pack"], "meta": json.loads(row["meta"] or "{}"),
+                "pack": row["pack"], "owner": row["owner"], "meta": json.loads(row["meta"] or "{}"),
                 "turns": [t.to_json() for t in turns]}
 
     def integrity_check(self) -> str:

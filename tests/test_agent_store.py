@@ -263,3 +263,45 @@ def test_store_url_must_be_postgres() -> None:
 
     with pytest.raises(ConfigError, match="postgresql://"):
         StoreConfig(url="mysql://x").validate()
+
+
+def test_postgres_owner_dialogue_state_and_previews(pg_url: str) -> None:
+    """The columns and table added after version 1: a session's owner, its dialogue state (written
+    in the turn's transaction), and the operator's previews."""
+    from agent.store_postgres import PostgresSessionStore
+
+    store = PostgresSessionStore(pg_url)
+    s = store.create_session(owner="kiosk-7")
+    assert store.owner_of(s.id) == "kiosk-7"
+    with pytest.raises(SessionError):
+        store.owner_of("sess_unknown")
+    store.save_turn(s.id, _turn(0), dialogue_state={"topic": "batteries", "slots": {"aisle": 4}})
+    assert store.load_dialogue_state(s.id) == {"topic": "batteries", "slots": {"aisle": 4}}
+    store.save_turn(s.id, _turn(1), dialogue_state={"topic": "returns"})
+    resumed = store.load_session(s.id)
+    assert resumed.dialogue_state == {"topic": "returns"}  # type: ignore[attr-defined]
+    assert store.previews([s.id]) == {s.id: {"first_text": "question 0", "last_reply": "answer 1"}}
+    assert store.export(s.id)["owner"] == "kiosk-7" and store.list_sessions()[0]["owner"] == "kiosk-7"
+    store.delete_session(s.id)
+    assert store.load_dialogue_state(s.id) == {}
+    store.close()
+
+
+def test_postgres_migrates_a_version_1_database(pg_url: str) -> None:
+    """A database made by the first schema (before owners): opened, it is brought to the current
+    version with its sessions kept (owner NULL)."""
+    import psycopg
+
+    from agent.store_postgres import MIGRATIONS, SCHEMA_VERSION, PostgresSessionStore
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE mmagent_schema (version INTEGER NOT NULL)")
+        conn.execute(MIGRATIONS[0][1])
+        conn.execute("INSERT INTO mmagent_schema VALUES (1)")
+        conn.execute("INSERT INTO sessions(id, created_at, updated_at, meta) VALUES ('sess_old', %s, %s, '{}')",
+                     (time.time(), time.time()))
+    store = PostgresSessionStore(pg_url)
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.owner_of("sess_old") is None
+    assert store.load_session("sess_old").turns == []
+    store.close()
