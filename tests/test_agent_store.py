@@ -305,3 +305,25 @@ def test_postgres_migrates_a_version_1_database(pg_url: str) -> None:
     assert store.owner_of("sess_old") is None
     assert store.load_session("sess_old").turns == []
     store.close()
+
+
+def test_sessions_cli_reads_postgres(pg_url: str) -> None:
+    """`mmagent sessions --db postgresql://… list / export`: the operator commands on the shared store."""
+    import json
+
+    store = open_store(StoreConfig(url=pg_url))
+    s = store.create_session(pack="demo_kiosk")
+    store.save_turn(s.id, _turn(0))
+    store.close()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def cli(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "server.cli", "sessions", "--db", pg_url, *args],
+                              capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    listed = json.loads(cli("list"))
+    assert [(r["id"], r["turns"]) for r in listed] == [(s.id, 1)]
+    exported = json.loads(cli("export", s.id))
+    assert exported["turns"][0]["reply"] == "answer 0"

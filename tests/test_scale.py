@@ -59,6 +59,52 @@ def _serving(stack: Any) -> Any:
     raise AssertionError(f"sessions per front end: {[fe.sessions() for fe in stack.front_ends]}")
 
 
+_TIER_CHECK = """
+import json, sys
+import ray
+from ray import serve
+from server.config import load_config
+from server.engine import perception_config_for
+from server.serving.engine import RemotePerception
+from perception import Perception
+from perception.errors import MMAgentError
+ray.init(address="auto", log_to_driver=False, include_dashboard=False)
+config = load_config(None, env={})
+handles = {m: serve.get_app_handle("mmagent-" + m) for m in ("text", "speech", "vision")}
+remote, local = RemotePerception(perception_config_for(config), handles), Perception(perception_config_for(config))
+a = remote.encode_text(["where are the batteries?", "opening hours"])
+b = local.encode_text(["where are the batteries?", "opening hours"])
+out = {"cos": [float((x.embedding * y.embedding).sum()) for x, y in zip(a, b)]}
+try:
+    remote.encode_text([""])
+except MMAgentError as exc:
+    out["empty_text"] = exc.code
+try:
+    remote.encode_frames([b"\\xff\\xd8 not a jpeg"])
+except MMAgentError as exc:
+    out["bad_image"] = exc.code
+print(json.dumps(out))
+"""
+
+
+def _check_model_tier_directly() -> None:
+    """The deployments answer like the in-process encoders, and a bad input comes back as the
+    project's error with its code (another process, as a front end would call them)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.scale_stack import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _TIER_CHECK], capture_output=True, text=True, env=env,
+                          timeout=180, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(c > 0.999 for c in out["cos"]), out
+    assert out["empty_text"] == "invalid_text" and out["bad_image"] == "invalid_image", out
+
+
 def test_two_front_ends_behind_haproxy_share_sessions_and_survive_kill_and_drain(pg_server: Any) -> None:
     from tests.scale_stack import ScaleStack
 
@@ -72,6 +118,7 @@ def test_two_front_ends_behind_haproxy_share_sessions_and_survive_kill_and_drain
         stack.start()
         assert stack.lb is not None
         timings["stack_start_s"] = time.monotonic() - t_start
+        _check_model_tier_directly()
         completed: list[dict[str, Any]] = []   # response.done of every completed turn, in order
 
         async def main() -> None:
