@@ -49,7 +49,7 @@ def main() -> int:
     stack = ScaleStack(2, ray=True, extra={
         "limits": {"max_sessions": 256, "max_sessions_per_token": 256},
         "agent": {"responder": {"local": {"max_new_tokens": args.max_new_tokens}}},
-        "serving": {"text": small, "speech": small, "vision": small}})
+        "serving": {"text": small, "speech": small, "vision": small, "llm": small}})
     results: dict[str, Any] = {"config": {"n": args.n, "turns": args.turns, "n1_turns": args.n1_turns,
                                           "max_new_tokens": args.max_new_tokens, "cpu_count": os.cpu_count(),
                                           "loadavg_before": [round(x, 2) for x in load_before]},

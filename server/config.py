@@ -122,6 +122,9 @@ class ServingConfig:
     text: DeploymentConfig = field(default_factory=DeploymentConfig)
     speech: DeploymentConfig = field(default_factory=lambda: DeploymentConfig(max_batch_size=4))
     vision: DeploymentConfig = field(default_factory=lambda: DeploymentConfig(max_batch_size=8))
+    # The local language model (agent.responder.kind: local); batches with its own continuous
+    # batching (agent.responder.local.batching), so max_batch_size / batch_wait_ms do not apply.
+    llm: DeploymentConfig = field(default_factory=DeploymentConfig)
 
 
 @dataclass
@@ -177,7 +180,7 @@ class ServerConfig:
         self.perception_config()   # raises ConfigError naming a bad perception.* key or value
         if self.serving.engine not in ("local", "ray"):
             raise ConfigError(f"serving.engine must be 'local' or 'ray', not {self.serving.engine!r}")
-        for dname in ("text", "speech", "vision"):
+        for dname in ("text", "speech", "vision", "llm"):
             d: DeploymentConfig = getattr(self.serving, dname)
             if d.num_replicas < 1 or d.max_batch_size < 1 or d.batch_wait_ms < 0 or d.num_cpus < 0:
                 raise ConfigError(f"serving.{dname}: num_replicas and max_batch_size must be >= 1, "

@@ -194,7 +194,8 @@ class LocalEngine:
             fusion = None
         with loading("agent: knowledge pack, retrieval index, language model",
                      hint="the first start converts the language model once, about 20 s"):
-            agent = Agent.from_config(self._agent_config(), perception=perception, fusion=fusion)
+            agent = Agent.from_config(self._agent_config(), perception=perception, fusion=fusion,
+                                      llm=self._make_llm())
             agent.warmup()
         log.info("models loaded in %.1f s", time.perf_counter() - t0)
         return perception, fusion, agent
@@ -210,6 +211,10 @@ class LocalEngine:
 
     def _perception_config(self) -> Any:
         return perception_config_for(self.config)
+
+    def _make_llm(self) -> Any:
+        """The local language model to share (None: the agent builds its own, in process)."""
+        return None
 
     def _agent_config(self) -> Any:
         from pathlib import Path

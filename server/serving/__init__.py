@@ -7,9 +7,10 @@ there (:class:`server.serving.engine.RayEngine`) instead of loading the encoders
 - ``<prefix>text``   the sentence encoder (retrieval and the text token of every turn)
 - ``<prefix>speech`` speech recognition + speech embedding (Whisper) and prosody
 - ``<prefix>vision`` the camera encoder (EfficientNet-Lite0) and face detection
+- ``<prefix>llm``    the local language model (``agent.responder.kind: local``), streaming
 
-Each batches the calls of all front ends with Ray Serve's ``@serve.batch`` and scales by its
-``serving.<model>`` settings (replicas, autoscaling, batch size and wait, CPUs/GPUs per replica).
-The language model stays with the agent in the front end, or runs on any OpenAI-compatible
-server (vLLM, Ollama: ``agent.responder.kind: openai``), which is the serving engine built for it.
+The encoders batch the calls of all front ends with Ray Serve's ``@serve.batch``; the language
+model batches with its own continuous batching. Each scales by its ``serving.<model>`` settings
+(replicas, autoscaling, batch size and wait, CPUs/GPUs per replica). The language model can
+instead run on any OpenAI-compatible server (vLLM, Ollama: ``agent.responder.kind: openai``).
 """

@@ -60,7 +60,7 @@ def _serve_models(args: argparse.Namespace) -> int:
         # (their threads share the machine's real cores; see docs/deploy.md for sizing).
         wanted = sum(getattr(serving, n).num_cpus * max(getattr(serving, n).num_replicas,
                                                         getattr(serving, n).max_replicas)
-                     for n in ("text", "speech", "vision"))
+                     for n in ("text", "speech", "vision", "llm"))
         num_cpus = args.num_cpus if args.num_cpus is not None else max(float(os.cpu_count() or 1), wanted)
         ray.init(namespace=serving.namespace, include_dashboard=False, num_cpus=num_cpus, log_to_driver=False)
     serve.start(http_options={"location": "NoServer"})   # handles only: the front ends own the sockets

@@ -98,7 +98,53 @@ class VisionEncoder(_Encoder):
         return list(self.perception.encode_frames(items))
 
 
-DEPLOYMENTS: dict[str, Any] = {"text": TextEncoder, "speech": SpeechRecognizer, "vision": VisionEncoder}
+@serve.deployment(name="llm")
+class LanguageModel:
+    """The local language model (agent.responder.local), streaming each reply piece by piece.
+
+    Concurrent replies of all front ends share the model's own continuous batching (one decode
+    step for every reply in flight), so this deployment needs no ``@serve.batch``. A caller that
+    cancels its stream (barge-in, disconnect) stops its reply at the next token."""
+
+    def __init__(self, llm_config: Any) -> None:
+        from agent.responders.local import LocalLLM
+
+        self.llm = LocalLLM(llm_config)
+        self.llm.load()
+
+    def tokenizer(self) -> Any:
+        """The tokenizer (front ends count prompt tokens locally with it)."""
+        return self.llm.tokenizer
+
+    def prime(self, messages: list[dict[str, str]], static_messages: int) -> None:
+        self.llm.prime(messages, static_messages)
+
+    async def generate(self, messages: list[dict[str, str]], static_messages: int,
+                       max_new_tokens: int | None) -> Any:
+        import threading
+
+        from agent.responders.base import stream_from_thread
+
+        cancel = threading.Event()
+        stats: dict[str, float] = {}
+
+        def target(emit: Any) -> None:
+            self.llm.generate(messages, emit, cancel, stats, static_messages=static_messages,
+                              max_new_tokens=max_new_tokens)
+
+        try:
+            async for piece in stream_from_thread(target, name="serve-llm"):
+                yield piece
+            yield {"stats": stats}
+        finally:   # the caller cancelled (or went away): stop generating
+            cancel.set()
+
+    def ping(self) -> str:
+        return "llm"
+
+
+DEPLOYMENTS: dict[str, Any] = {"text": TextEncoder, "speech": SpeechRecognizer, "vision": VisionEncoder,
+                               "llm": LanguageModel}
 
 
 def build_apps(config: Any) -> dict[str, Any]:
@@ -109,6 +155,18 @@ def build_apps(config: Any) -> dict[str, Any]:
     apps: dict[str, Any] = {}
     for name, cls in DEPLOYMENTS.items():
         d = getattr(config.serving, name)
+        if name == "llm":
+            llm_config = llm_config_for(config)
+            if llm_config is None:   # the agent answers with another responder (openai, extractive)
+                continue
+            llm_options: dict[str, Any] = {"ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
+                                           "max_ongoing_requests": 256, "num_replicas": d.num_replicas}
+            if d.max_replicas > d.num_replicas:
+                llm_options.pop("num_replicas")
+                llm_options["autoscaling_config"] = {"min_replicas": d.num_replicas, "max_replicas": d.max_replicas,
+                                                     "target_ongoing_requests": d.target_ongoing_requests}
+            apps[config.serving.app_prefix + name] = cls.options(**llm_options).bind(llm_config)
+            continue
         options: dict[str, Any] = {"ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
                                    "max_ongoing_requests": max(4 * d.max_batch_size, 32)}
         if d.max_replicas > d.num_replicas:
@@ -120,6 +178,14 @@ def build_apps(config: Any) -> dict[str, Any]:
         apps[config.serving.app_prefix + name] = cls.options(**options).bind(pconf, d.max_batch_size,
                                                                              d.batch_wait_ms)
     return apps
+
+
+def llm_config_for(config: Any) -> Any:
+    """The local language model's configuration, or None when the agent uses another responder."""
+    from agent import AgentConfig
+
+    agent = AgentConfig.from_dict({k: v for k, v in config.agent.items() if k != "store"})
+    return agent.responder.local if agent.responder.kind == "local" else None
 
 
 def build_app(args: dict[str, Any]) -> Any:
@@ -134,4 +200,9 @@ def build_app(args: dict[str, Any]) -> Any:
 
         raise ConfigError(f"build_app: model must be one of {sorted(DEPLOYMENTS)}, got {model!r}")
     config = load_config(args.get("config"))
-    return build_apps(config)[config.serving.app_prefix + model]
+    apps = build_apps(config)
+    if config.serving.app_prefix + model not in apps:
+        from perception.errors import ConfigError
+
+        raise ConfigError("build_app: model llm needs agent.responder.kind: local")
+    return apps[config.serving.app_prefix + model]

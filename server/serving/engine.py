@@ -77,6 +77,57 @@ class RemotePerception:
         return {}
 
 
+class RemoteLLM:
+    """What :class:`agent.responders.local.LocalResponder` needs of a
+    :class:`~agent.responders.local.LocalLLM` (``load``, ``count_tokens``, ``prime``, ``generate``),
+    over the ``llm`` deployment's handle: replies stream back piece by piece, a cancel stops the
+    remote generation, and tokens are counted here with the deployment's own tokenizer."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self._tokenizer: Any = None
+
+    def load(self) -> None:
+        if self._tokenizer is None:
+            self._tokenizer = self.handle.tokenizer.remote().result()
+
+    @property
+    def tokenizer(self) -> Any:
+        self.load()
+        return self._tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def prime(self, messages: list[dict[str, str]], static_messages: int) -> None:
+        self.handle.prime.remote(messages, static_messages).result()
+
+    def generate(self, messages: list[dict[str, str]], on_text: Any, cancel: Any,
+                 stats: dict[str, float] | None = None, *, static_messages: int = 0,
+                 max_new_tokens: int | None = None) -> str:
+        """Blocking, like LocalLLM.generate: ``on_text`` for each piece; returns the text."""
+        from ray.serve.exceptions import RequestCancelledError
+
+        stream = self.handle.options(stream=True).generate.remote(messages, static_messages, max_new_tokens)
+        if hasattr(cancel, "add_callback"):
+            cancel.add_callback(stream.cancel)
+        parts: list[str] = []
+        try:
+            for item in stream:
+                if isinstance(item, dict):
+                    if stats is not None:
+                        stats.update(item.get("stats", {}))
+                    continue
+                parts.append(item)
+                on_text(item)
+                if cancel.is_set():
+                    stream.cancel()
+                    break
+        except RequestCancelledError:
+            pass
+        return "".join(parts)
+
+
 class RayEngine(LocalEngine):
     """``serving.engine: ray``: the encoders are Ray Serve deployments (``mmagent models serve``)."""
 
@@ -87,14 +138,25 @@ class RayEngine(LocalEngine):
         with loading(f"model tier: Ray Serve at {serving.address}") as step:
             connect(serving)
             handles = {}
-            for name in ("text", "speech", "vision"):
+            names = ("text", "speech", "vision", "llm") if self._llm_on_ray() else ("text", "speech", "vision")
+            for name in names:
                 app = serving.app_prefix + name
                 try:
                     handles[name] = serve.get_app_handle(app)
                 except Exception as exc:   # RayServeException: not deployed (yet)
                     raise ModelLoadError(f"Ray Serve application {app!r} is not running: start it with "
                                          f"`mmagent models serve` ({exc})") from exc
+            self._llm_handle = handles.pop("llm", None)
             perception = RemotePerception(self._perception_config(), handles)
             perception.encode_text(["ready?"])   # one round trip: the tier answers
-            step.detail(", ".join(serving.app_prefix + n for n in handles))
+            step.detail(", ".join(serving.app_prefix + n for n in names))
         return perception
+
+    def _llm_on_ray(self) -> bool:
+        from server.serving.deployments import llm_config_for
+
+        return llm_config_for(self.config) is not None
+
+    def _make_llm(self) -> Any:
+        handle = getattr(self, "_llm_handle", None)
+        return RemoteLLM(handle) if handle is not None else None
