@@ -1,6 +1,6 @@
 """Scale-out on this machine: PostgreSQL 15 in a temporary directory, the model tier on a local Ray
-cluster (``mmagent models serve``: the encoders as Ray Serve deployments), two ``mmagent serve``
-front ends sharing both (``serving.engine: ray``, the language model in each), HAProxy
+cluster (``mmagent models serve``: the encoders and the language model as Ray Serve deployments),
+two ``mmagent serve`` front ends sharing both (``serving.engine: ray``), HAProxy
 (deploy/haproxy.cfg) in front, the Python client through the balancer.
 
 One session lives through everything a fleet does to it: a typed turn and a spoken turn; its
