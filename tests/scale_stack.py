@@ -25,6 +25,9 @@ from tests.pg_server import PostgresServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = REPO / "deploy" / "haproxy.cfg"
+# A Ray 2.60 cluster started by `ray.init()` requires its token (~/.ray/auth_token); a process
+# joining it by explicit address must be told to send it (only "auto" finds out by itself).
+RAY_CLIENT_ENV = {"RAY_AUTH_MODE": "token"}
 
 
 def healthz(port: int, timeout: float = 2.0) -> tuple[int, dict[str, Any]] | None:
@@ -56,7 +59,8 @@ class FrontEnd:
 
     def start(self) -> FrontEnd:
         env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+               "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+               **RAY_CLIENT_ENV}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(self.config)],
                                          cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -219,8 +223,8 @@ class ScaleStack:
     def start(self, timeout: float = 300.0) -> ScaleStack:
         if self.models is not None:
             self.models.start()
-            # "auto": the cluster running on this machine (the one the model tier just started)
-            serving = {**self.extra.get("serving", {}), "engine": "ray", "address": "auto"}
+            # that cluster by its address: another one on the machine (a benchmark) is never joined
+            serving = {**self.extra.get("serving", {}), "engine": "ray", "address": self.models.gcs_address}
             self.extra["serving"] = serving
         self.front_ends = [FrontEnd(f"fe{i + 1}", free_port(), self.store_url, self.workdir, self.extra)
                            for i in range(self.n)]

@@ -68,7 +68,7 @@ from server.engine import perception_config_for
 from server.serving.engine import RemotePerception
 from perception import Perception
 from perception.errors import MMAgentError
-ray.init(address="auto", log_to_driver=False, include_dashboard=False)
+ray.init(address=sys.argv[1], log_to_driver=False, include_dashboard=False)
 config = load_config(None, env={})
 handles = {m: serve.get_app_handle("mmagent-" + m) for m in ("text", "speech", "vision")}
 remote, local = RemotePerception(perception_config_for(config), handles), Perception(perception_config_for(config))
@@ -87,17 +87,17 @@ print(json.dumps(out))
 """
 
 
-def _check_model_tier_directly() -> None:
+def _check_model_tier_directly(address: str) -> None:
     """The deployments answer like the in-process encoders, and a bad input comes back as the
     project's error with its code (another process, as a front end would call them)."""
     import os
     import subprocess
     import sys
 
-    from tests.scale_stack import REPO
+    from tests.scale_stack import RAY_CLIENT_ENV, REPO
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", _TIER_CHECK], capture_output=True, text=True, env=env,
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **RAY_CLIENT_ENV}
+    proc = subprocess.run([sys.executable, "-c", _TIER_CHECK, address], capture_output=True, text=True, env=env,
                           timeout=180, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -118,7 +118,8 @@ def test_two_front_ends_behind_haproxy_share_sessions_and_survive_kill_and_drain
         stack.start()
         assert stack.lb is not None
         timings["stack_start_s"] = time.monotonic() - t_start
-        _check_model_tier_directly()
+        assert stack.models is not None
+        _check_model_tier_directly(stack.models.gcs_address)
         completed: list[dict[str, Any]] = []   # response.done of every completed turn, in order
 
         async def main() -> None:
