@@ -48,7 +48,8 @@ def register(subparsers: Any) -> None:
                         "own text (extractive)")
     common.add_argument("--model", help="local: transformers model dir or hub id; openai: model name")
     common.add_argument("--base-url", help="openai: base URL of the OpenAI-compatible server")
-    common.add_argument("--db", help="SQLite session store (default ~/.cache/mmagent/sessions.sqlite3)")
+    common.add_argument("--db", help="SQLite session store (default: the one `mmagent serve` uses, "
+                        "$MMAGENT_SESSIONS_DB or <state_dir>/sessions.sqlite3, see `mmagent sessions --help`)")
     common.add_argument("--fusion-checkpoint", help="fusion checkpoint (default: the demo checkpoint)")
     common.add_argument("--no-fusion", action="store_true", help="run without the fusion model")
 
@@ -81,18 +82,25 @@ def register(subparsers: Any) -> None:
                    help="never use a running server: load the models in this process")
     p.set_defaults(func=_ask)
 
-    p = subparsers.add_parser("sessions", help="list, show or export stored sessions (JSON)")
-    p.add_argument("--db", help="session store: a SQLite file (default ~/.cache/mmagent/sessions.sqlite3) "
-                   "or a postgresql:// URL")
+    p = subparsers.add_parser("sessions", help="list, show or export stored sessions",
+                              description="Sessions stored by `mmagent serve`, `chat` and `ask`. Without --db "
+                              "they are read from the database the server uses: the --config file's "
+                              "agent.store.path, else $MMAGENT_SESSIONS_DB, else <state_dir>/sessions.sqlite3 "
+                              "(state_dir: the config's, $MMAGENT_STATE_DIR, or var/ under the working directory).")
+    p.add_argument("--db", help="session database to read: a SQLite file (default: the one `mmagent serve` "
+                   "writes, see above) or a postgresql:// URL (the shared store of several front ends)")
+    p.add_argument("--config", dest="server_config",
+                   help="the YAML/JSON file given to `mmagent serve --config`: read its state_dir / agent.store.path")
     sp = p.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
-    q = sp.add_parser("list", help="most recently active sessions")
-    q.add_argument("--limit", type=int, default=50)
+    q = sp.add_parser("list", help="most recently active sessions: local time, turns, first question … last reply")
+    q.add_argument("--limit", type=int, default=50, help="show at most this many sessions (default 50)")
+    q.add_argument("--json", action="store_true", help="print JSON (times as Unix seconds) instead of a table")
     q.set_defaults(func=_sessions_list)
     q = sp.add_parser("show", help="one session with its turns, readable")
-    q.add_argument("session_id")
+    q.add_argument("session_id", help="the session id (first column of `sessions list`)")
     q.set_defaults(func=_sessions_show)
     q = sp.add_parser("export", help="one session as JSON")
-    q.add_argument("session_id")
+    q.add_argument("session_id", help="the session id (first column of `sessions list`)")
     q.add_argument("-o", "--output", help="write to this file instead of stdout")
     q.set_defaults(func=_sessions_export)
 
@@ -129,7 +137,29 @@ def _config(args: argparse.Namespace) -> Any:
             cfg.store.url = args.db
         else:
             cfg.store.path = args.db
+    elif not cfg.store.path and not cfg.store.url:
+        cfg.store.path = str(_shared_db())   # the server's database: `sessions list` shows these turns
     return cfg.validate()
+
+
+def _shared_db(server_config: str | None = None) -> Path:
+    from server.config import load_config, sessions_db_path
+
+    return sessions_db_path(load_config(server_config))
+
+
+def _shared_target(server_config: str | None = None) -> str:
+    """The server's session store: its PostgreSQL URL (``agent.store.url`` or
+    ``$MMAGENT_SESSIONS_URL``) when it has one, else its SQLite file."""
+    import os
+
+    from server.config import load_config
+
+    cfg = load_config(server_config)
+    store = cfg.agent.get("store") if isinstance(cfg.agent, dict) else None
+    url = (store or {}).get("url") if isinstance(store, dict) else None
+    url = url or os.environ.get("MMAGENT_SESSIONS_URL")
+    return str(url) if url else str(_shared_db(server_config))
 
 
 def _build_agent(args: argparse.Namespace, *, use_store: bool = True) -> Any:
@@ -590,19 +620,55 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _store(args: argparse.Namespace) -> Any:
     from agent.config import StoreConfig
+    from agent.errors import SessionError
+    from agent.store import SessionStore
     from agent.store_api import is_postgres_url, open_store
 
-    db = args.db
-    sc = StoreConfig(url=db) if is_postgres_url(db) else StoreConfig(path=db)
-    return open_store(sc)
+    target = args.db or _shared_target(args.server_config)
+    if is_postgres_url(target):
+        return open_store(StoreConfig(url=target))
+    path = Path(target)
+    if not path.exists():
+        # Opening would create an empty database somewhere nobody looks: say where we looked.
+        raise SessionError(f"no session database at {path.resolve()} (give --db, or --config of the server)")
+    return SessionStore(path, retention_days=StoreConfig().retention_days)
+
+
+def _local_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def _clip(text: str | None, n: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
+def session_lines(rows: list[dict[str, Any]], previews: dict[str, dict[str, str | None]]) -> list[str]:
+    """One line per session: last activity (local time), id, turns, first question … last reply."""
+    lines = []
+    for r in rows:
+        pv = previews.get(r["id"]) or {}
+        first, last = _clip(pv.get("first_text"), 40), _clip(pv.get("last_reply"), 60)
+        talk = f"“{first}” … “{last}”" if first or last else "(no turns)"
+        n = r.get("turns") or 0
+        lines.append(f"{_local_time(r.get('updated_at'))}  {r['id']}  {n:>3} turn{'s' if n != 1 else ' '}  {talk}")
+    return lines
 
 
 def _sessions_list(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
-        print(json.dumps(store.list_sessions(args.limit), indent=2))
+        rows = store.list_sessions(args.limit)
+        previews = store.previews([r["id"] for r in rows])
     finally:
         store.close()
+    if args.json:
+        print(json.dumps([{**r, **previews.get(r["id"], {})} for r in rows], indent=2))
+    elif not rows:
+        print("no sessions")
+    else:
+        print(f"{'last active':16}  {'session':{len(rows[0]['id'])}}  turns  first question … last reply")
+        print("\n".join(session_lines(rows, previews)))
     return 0
 
 
@@ -612,7 +678,8 @@ def _sessions_show(args: argparse.Namespace) -> int:
         data = store.export(args.session_id)
     finally:
         store.close()
-    print(f"session {data['id']} (pack {data['pack']}), {len(data['turns'])} turns")
+    print(f"session {data['id']} (pack {data['pack']}), {len(data['turns'])} turns, started "
+          f"{_local_time(data.get('created_at'))}, last active {_local_time(data.get('updated_at'))}")
     for t in data["turns"]:
         fused = t.get("fused") or {}
         print(f"#{t['index']} {t['status']} [{t['route']}] intent={fused.get('intent')} emotion={fused.get('emotion')}"

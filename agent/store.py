@@ -201,6 +201,19 @@ class SessionStore:
             (limit,)).fetchall()
         return [dict(r) for r in rows]
 
+    def previews(self, session_ids: list[str]) -> dict[str, dict[str, str | None]]:
+        """For each session: its first user text and its last reply (``mmagent sessions list``)."""
+        out: dict[str, dict[str, str | None]] = {}
+        conn = self._conn()
+        for sid in session_ids:
+            first = conn.execute("SELECT COALESCE(text, transcript, typed_text) FROM turns WHERE session_id=?"
+                                 " ORDER BY idx LIMIT 1", (sid,)).fetchone()
+            last = conn.execute("SELECT json_extract(data, '$.reply') FROM turns WHERE session_id=?"
+                                " AND COALESCE(json_extract(data, '$.reply'), '') != '' ORDER BY idx DESC LIMIT 1",
+                                (sid,)).fetchone()
+            out[sid] = {"first_text": first[0] if first else None, "last_reply": last[0] if last else None}
+        return out
+
     def export(self, session_id: str) -> dict[str, Any]:
         """The whole session as JSON-ready data (what ``mmagent sessions export`` prints)."""
         row = self._conn().execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()

@@ -328,3 +328,19 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: typing.Mappi
     data = _merge(data, overrides or {})
     cfg: ServerConfig = _from_dict(ServerConfig, data, "")
     return cfg.validate()
+
+
+def sessions_db_path(config: ServerConfig | None = None) -> Path:
+    """The session database ``mmagent serve`` writes and ``mmagent sessions`` / ``chat`` / ``ask``
+    read by default, so each command sees the others' sessions: the config's ``agent.store.path``,
+    else ``$MMAGENT_SESSIONS_DB``, else ``<state_dir>/sessions.sqlite3`` (``state_dir``: default
+    ``var`` under the working directory, or ``$MMAGENT_STATE_DIR``). ``config`` None: the default
+    configuration with the environment (``load_config(None)``)."""
+    cfg = config if config is not None else load_config(None)
+    store = cfg.agent.get("store") if isinstance(cfg.agent, dict) else None
+    if isinstance(store, dict) and store.get("path"):
+        return Path(str(store["path"]))
+    env = os.environ.get("MMAGENT_SESSIONS_DB")
+    if env:
+        return Path(env)
+    return Path(cfg.state_dir) / "sessions.sqlite3"

@@ -217,15 +217,16 @@ class LocalEngine:
         return None
 
     def _agent_config(self) -> Any:
-        from pathlib import Path
-
         from agent import AgentConfig
+
+        from .config import sessions_db_path
 
         data: dict[str, Any] = {**self.config.agent}
         if self.config.pack is not None:
             data["pack"] = self.config.pack
         store = dict(data.get("store") or {})
-        store.setdefault("path", str(Path(self.config.state_dir) / "sessions.sqlite3"))
+        # The same default `mmagent sessions` reads (server.config.sessions_db_path).
+        store.setdefault("path", str(sessions_db_path(self.config)))
         data["store"] = store
         return AgentConfig.from_dict(data)
 

@@ -46,7 +46,7 @@ def test_ask_json_with_speech_and_image_then_sessions(tmp_path: Path, capsys: py
     assert {"perception", "total"} <= set(result["timings_ms"])
     sid = result["session_id"]
 
-    assert main(["sessions", "--db", str(db), "list"]) == 0
+    assert main(["sessions", "--db", str(db), "list", "--json"]) == 0
     assert [s["id"] for s in json.loads(capsys.readouterr().out)] == [sid]
     assert main(["sessions", "--db", str(db), "show", sid]) == 0
     assert "aisle 7" in capsys.readouterr().out

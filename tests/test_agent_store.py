@@ -323,7 +323,7 @@ def test_sessions_cli_reads_postgres(pg_url: str) -> None:
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
-    listed = json.loads(cli("list"))
+    listed = json.loads(cli("list", "--json"))
     assert [(r["id"], r["turns"]) for r in listed] == [(s.id, 1)]
     exported = json.loads(cli("export", s.id))
     assert exported["turns"][0]["reply"] == "answer 0"

@@ -605,7 +605,12 @@ class Conversation:
                 self.frames.remove(frame)
             self._emit(error(exc.code, str(exc), param="image", event_id=frame.event_id))
             return
-        self.agent_session.observe_faces(enc.faces.count)
+        # Presence records an empty view only. The agent greets "a face after an empty scene" when a
+        # turn sees the face; had presence recorded the arrival too, the kiosk's wordless greeting
+        # turn would find the face already seen and stay silent (the greeting never fired while
+        # presence updates were on). The turn itself records the face it sees.
+        if enc.faces.count == 0:
+            self.agent_session.observe_faces(0)
         self._emit(perception_event("frame", [enc], timings={"frames": self.rt.now() - t0}))
 
     def _recent_frames(self) -> list[Frame]:
