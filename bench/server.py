@@ -114,7 +114,7 @@ class ServerProcess:
             if not line:
                 raise RuntimeError("server exited:\n" + "".join(self.log[-30:]))
             self.log.append(line)
-            m = re.search(r"WebSocket (?:endpoint: )?(ws://\S+)", line)   # serve_cli's "ready" line
+            m = re.search(r"WebSocket (?:endpoint: )?(ws://[^\s);]+)", line)   # "serving on …" / "ready …" lines
             if m:
                 self.ws_url = m.group(1)
                 break
