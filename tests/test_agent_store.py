@@ -327,3 +327,12 @@ def test_sessions_cli_reads_postgres(pg_url: str) -> None:
     assert [(r["id"], r["turns"]) for r in listed] == [(s.id, 1)]
     exported = json.loads(cli("export", s.id))
     assert exported["turns"][0]["reply"] == "answer 0"
+
+
+def test_print_config_masks_the_store_password() -> None:
+    """`mmagent serve --print-config` shows the PostgreSQL URL without its password."""
+    from server.config import load_config
+
+    cfg = load_config(None, env={}, overrides={"agent": {"store": {"url": "postgresql://kiosk:s3cret@db:5432/m"}}})
+    shown = cfg.masked()["agent"]["store"]["url"]
+    assert "s3cret" not in shown and shown == "postgresql://kiosk:***@db:5432/m"
