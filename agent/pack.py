@@ -36,10 +36,24 @@ PACK_FILES = ("pack", "knowledge", "intents", "actions")
 _EXTS = (".yaml", ".yml", ".json")
 ENTRY_KINDS = ("fact", "faq", "product")
 MESSAGE_KEYS = ("greeting", "repeat_request", "no_information", "handoff", "refusal")
+# Messages of the dialogue manager (agent/dialogue.py): optional in the schema; a pack without
+# them gets a clear error only when the dialogue manager needs one (load_pack checks they exist
+# when the pack has templates, i.e. is meant for the dialogue manager).
+DIALOGUE_MESSAGE_KEYS = ("thanks", "goodbye", "acknowledge", "off_topic", "deescalate", "deescalate_short",
+                         "clarify", "nothing_to_repeat")
+TEMPLATE_KEYS = ("where", "price", "size", "location", "when_day", "when_today", "when_tomorrow", "hours", "opens",
+                 "closes", "holiday_hours", "holiday_closed", "fact_yes", "fact_no")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# A clock time as packs write it: "8 am", "9:30 pm", "10am", or 24-hour "08:00", "21:30".
+TIME_RE = re.compile(r"^(\d{1,2})(?::(\d{2}))?\s?(am|pm)?$", re.IGNORECASE)
 
 _STR = {"type": "string", "minLength": 1}
 _STRS = {"type": "array", "items": _STR}
 _IDENT = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.-]*$"}
+_TEMPLATE = {"oneOf": [_STR, {"type": "object", "required": ["one", "many"], "additionalProperties": False,
+                               "properties": {"one": _STR, "many": _STR}}]}
+_DAY_HOURS = {"type": "object", "required": ["open", "close"], "additionalProperties": False,
+              "properties": {"open": _STR, "close": _STR}}
 
 # Structure of each file (semantic cross-checks follow in _cross_check).
 FILE_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -51,7 +65,11 @@ FILE_SCHEMAS: dict[str, dict[str, Any]] = {
             "name": _IDENT, "version": {"type": ["integer", "string"]}, "language": _STR,
             "persona": _STR, "instructions": _STR,
             "messages": {"type": "object", "required": list(MESSAGE_KEYS), "additionalProperties": False,
-                         "properties": {k: _STR for k in MESSAGE_KEYS}},
+                         "properties": {k: _STR for k in (*MESSAGE_KEYS, *DIALOGUE_MESSAGE_KEYS)}},
+            "templates": {"type": "object", "additionalProperties": False,
+                          "properties": {k: _TEMPLATE for k in TEMPLATE_KEYS}},
+            "currency": _STR,
+            "weekdays": {**_STRS, "minItems": 7, "maxItems": 7},
             "escalation": {"type": "object", "additionalProperties": False, "properties": {
                 "action": _IDENT, "intents": _STRS, "negative_turns": {"type": "integer", "minimum": 1}}},
             "safety": {"type": "object", "additionalProperties": False, "properties": {
@@ -71,6 +89,20 @@ FILE_SCHEMAS: dict[str, dict[str, Any]] = {
                 "aisle": {"type": ["integer", "string"]}, "price": {"type": "number", "minimum": 0},
                 "action": {"type": "object", "required": ["name"], "additionalProperties": False,
                            "properties": {"name": _IDENT, "arguments": {"type": "object"}}},
+                "aliases": _STRS, "supersedes": {"type": "array", "items": _IDENT},
+                "subject": _STR, "plural": {"type": "boolean"}, "unit": _STR, "location": _STR,
+                "hours": {"type": "object", "additionalProperties": False,
+                          "properties": {d: _DAY_HOURS for d in WEEKDAYS}},
+                "holidays": {"type": "object", "additionalProperties": False, "properties": {
+                    "open": _STR, "close": _STR,
+                    "closed": {"type": "array", "items": {
+                        "type": "object", "required": ["name"], "additionalProperties": False,
+                        "properties": {"name": _STR, "aliases": _STRS,
+                                       "date": {"type": "string", "pattern": "^(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"}}}}}},
+                "facts": {"type": "array", "items": {
+                    "type": "object", "required": ["id", "value", "say", "aliases"], "additionalProperties": False,
+                    "properties": {"id": _IDENT, "value": {"type": "boolean"}, "say": _STR,
+                                   "aliases": {**_STRS, "minItems": 1}}}},
             },
             "if": {"properties": {"kind": {"const": "product"}}},
             "then": {"required": ["name"]},
@@ -92,8 +124,41 @@ FILE_SCHEMAS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
+class ClosedDay:
+    """A named day the store is closed (``Christmas Day``), with the words people use for it."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    date: str | None = None     # "MM-DD" when it falls on the same date every year
+
+
+@dataclass(frozen=True)
+class Holidays:
+    """Opening on public holidays (``open``/``close`` None: no holiday hours) and named closed days."""
+
+    open: str | None = None
+    close: str | None = None
+    closed: tuple[ClosedDay, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyFact:
+    """A yes/no fact (``accepts cheques: no``): the words that name it and the sentence saying it."""
+
+    id: str
+    value: bool
+    say: str
+    aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Entry:
-    """One retrievable piece of knowledge. ``text`` is what is quoted to the model and the user."""
+    """One retrievable piece of knowledge. ``text`` is what is quoted to the model and the user.
+
+    Structured fields (all optional) let the dialogue manager answer one slot of a question
+    (docs/agent.md): ``aliases``, ``supersedes``; products ``subject`` (how an answer names it),
+    ``plural``, ``unit``, ``location``; ``hours`` (weekday → (open, close)); ``holidays``;
+    ``facts`` (yes/no policy facts)."""
 
     id: str
     kind: str
@@ -106,6 +171,18 @@ class Entry:
     aisle: str | int | None = None
     price: float | None = None
     action: tuple[str, dict[str, Any]] | None = None
+    aliases: tuple[str, ...] = ()
+    supersedes: tuple[str, ...] = ()
+    subject: str = ""
+    plural: bool = False
+    unit: str = ""
+    location: str = ""
+    hours: dict[str, tuple[str, str]] = field(default_factory=dict)
+    holidays: Holidays | None = None
+    facts: tuple[PolicyFact, ...] = ()
+
+    def __hash__(self) -> int:
+        return hash(self.id)
 
     def search_text(self) -> str:
         """The text embedded for retrieval: what a person would ask plus the answer."""
@@ -156,6 +233,10 @@ class KnowledgePack:
     language: str = "en"
     examples: tuple[Example, ...] = ()
     store_map: StoreMap | None = None
+    templates: dict[str, str | dict[str, str]] = field(default_factory=dict)
+    currency: str = "$"
+    weekday_names: tuple[str, ...] = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
+                                      "Sunday")
     _validators: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def entry(self, entry_id: str) -> Entry:
@@ -264,7 +345,20 @@ def load_pack(directory: str | Path | None = None) -> KnowledgePack:
         negative_turns=esc.get("negative_turns"), safety_rules=tuple(safety.get("rules", ())),
         language=p.get("language", "en"),
         examples=tuple(Example(tuple(x["facts"]), x["question"], x["answer"]) for x in p.get("examples", ())),
+        templates=dict(p.get("templates", {})), currency=p.get("currency", "$"),
     )
+    if "weekdays" in p:
+        pack.weekday_names = tuple(p["weekdays"])
+    pname0 = paths["pack"].name
+    if pack.templates:
+        for key in TEMPLATE_KEYS:
+            if key not in pack.templates:
+                raise PackError(f"'{key}' is required when the pack has templates (the dialogue manager uses it)",
+                                file=pname0, field=f"templates.{key}")
+        for key in DIALOGUE_MESSAGE_KEYS:
+            if key not in pack.messages:
+                raise PackError(f"'{key}' is required when the pack has templates (the dialogue manager uses it)",
+                                file=pname0, field=f"messages.{key}")
     pname = paths["pack"].name
     if pack.handoff_action is not None and pack.handoff_action not in actions:
         raise PackError(f"names action {pack.handoff_action!r}, not defined in {paths['actions'].name}",
@@ -300,9 +394,44 @@ def load_pack(directory: str | Path | None = None) -> KnowledgePack:
             except ActionError as exc:
                 raise PackError(str(exc), file=kname, field=f"{where}.action") from exc
             action = (aname, dict(args))
+        hours: dict[str, tuple[str, str]] = {}
+        for day, oc in e.get("hours", {}).items():
+            for k in ("open", "close"):
+                if not TIME_RE.match(oc[k].strip()):
+                    raise PackError(f"not a clock time: {oc[k]!r} (write e.g. '8 am', '9:30 pm' or '21:30')",
+                                    file=kname, field=f"{where}.hours.{day}.{k}")
+            hours[day] = (oc["open"].strip(), oc["close"].strip())
+        holidays = None
+        if "holidays" in e:
+            h = e["holidays"]
+            for k in ("open", "close"):
+                if k in h and not TIME_RE.match(h[k].strip()):
+                    raise PackError(f"not a clock time: {h[k]!r} (write e.g. '8 am', '9:30 pm' or '21:30')",
+                                    file=kname, field=f"{where}.holidays.{k}")
+            if ("open" in h) != ("close" in h):
+                raise PackError("give both 'open' and 'close', or neither", file=kname, field=f"{where}.holidays")
+            holidays = Holidays(h.get("open"), h.get("close"),
+                                tuple(ClosedDay(c["name"], tuple(c.get("aliases", ())), c.get("date")) for c in h.get("closed", ())))
+        fact_ids: set[str] = set()
+        for j, f in enumerate(e.get("facts", ())):
+            if f["id"] in fact_ids:
+                raise PackError(f"duplicate fact id {f['id']!r}", file=kname, field=f"{where}.facts[{j}].id")
+            fact_ids.add(f["id"])
+        if e["kind"] == "product" and ("aisle" not in e or "price" not in e) and e.get("aliases"):
+            raise PackError("a product with aliases needs 'aisle' and 'price' (answers are composed from them)",
+                            file=kname, field=f"{where}.aisle" if "aisle" not in e else f"{where}.price")
         pack.entries.append(Entry(
             id=e["id"], kind=e["kind"], text=e["text"].strip(), title=e.get("title", ""),
             question=e.get("question", ""), name=e.get("name", ""), intents=tuple(e.get("intents", ())),
-            keywords=tuple(e.get("keywords", ())), aisle=e.get("aisle"), price=e.get("price"), action=action))
+            keywords=tuple(e.get("keywords", ())), aisle=e.get("aisle"), price=e.get("price"), action=action,
+            aliases=tuple(a.strip() for a in e.get("aliases", ())), supersedes=tuple(e.get("supersedes", ())),
+            subject=e.get("subject", ""), plural=bool(e.get("plural", False)), unit=e.get("unit", ""),
+            location=e.get("location", ""), hours=hours, holidays=holidays,
+            facts=tuple(PolicyFact(f["id"], bool(f["value"]), f["say"], tuple(f["aliases"]))
+                        for f in e.get("facts", ()))))
+    for i, e in enumerate(raw["knowledge"]["entries"]):
+        for j, other in enumerate(e.get("supersedes", ())):
+            if other not in seen:
+                raise PackError(f"unknown entry id {other!r}", file=kname, field=f"entries[{i}].supersedes[{j}]")
     pack.store_map = load_store_map(pack)
     return pack

@@ -48,13 +48,18 @@ class Prompt:
 
 
 def describe_context(summary: dict[str, Any], fused: Any | None) -> str:
-    """One compact line per kind of signal, from a perception summary and a fused turn."""
+    """One compact line per kind of signal, from a perception summary and a fused turn.
+
+    Written for a model that may copy it: no internal labels (intent names, scores) and no
+    camera class labels when a person is in view (a small model recited "The camera sees:
+    bobsled, football helmet" to a person at the kiosk); the labels are named only for an
+    object shown without anyone in view."""
     parts: list[str] = []
     labels = summary.get("labels") or []
-    if labels:
+    n = summary.get("face_count", 0)
+    if labels and not n:
         parts.append("The camera sees: " + ", ".join(lb["name"] for lb in labels[:2]) + ".")
     if summary.get("frames"):
-        n = summary.get("face_count", 0)
         if n:
             near = " close to the kiosk" if summary.get("face_rel_size", 0.0) >= 0.05 else ""
             parts.append(f"{n} person{'s' if n > 1 else ''} in view{near}.")
@@ -63,11 +68,8 @@ def describe_context(summary: dict[str, Any], fused: Any | None) -> str:
     speech = summary.get("speech")
     if speech:
         parts.append(f"The question was spoken (transcript confidence {speech['confidence']:.2f}).")
-    if fused is not None:
-        weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(
-            fused.modality_weights.items(), key=lambda kv: -kv[1]))
-        parts.append(f"Detected intent: {fused.intent} ({fused.intent_confidence:.2f}); "
-                     f"emotion: {fused.emotion}; input weights: {weights}.")
+    if fused is not None and fused.emotion == "negative" and fused.emotion_confidence >= 0.5:
+        parts.append("The customer sounds upset: be kind and brief.")
     return " ".join(parts)
 
 
@@ -82,10 +84,13 @@ def build_prompt(
     history_offset: int = 0,
     config: PromptConfig | None = None,
     count_tokens: CountFn = approx_tokens,
+    facts: Sequence[str] | None = None,
 ) -> Prompt:
     """Build the chat messages for one turn.
 
     ``hits``: retrieved entries, best first (only relevant ones should be passed).
+    ``facts``: the fact lines to show instead of the hits' texts (the dialogue manager's
+    composed answer: exactly the selected facts, in the words the model should keep).
     ``history``: (user text, reply) of earlier turns, oldest first; ``history_offset``: the
     session-wide index of ``history[0]``. The oldest turn kept starts only at multiples of
     ``config.history_stride`` (session-wide), so that from one turn to the next the prompt
@@ -96,7 +101,8 @@ def build_prompt(
     if pack.safety_rules:
         system += "\n" + " ".join(pack.safety_rules)
     context = describe_context(summary or {}, fused)
-    entries = [h.entry.text[: cfg.max_entry_chars] for h in hits]
+    entries = [f[: cfg.max_entry_chars] for f in facts] if facts is not None else \
+        [h.entry.text[: cfg.max_entry_chars] for h in hits]
 
     def user_message(facts: Sequence[str], q: str = question, ctx: str = context) -> str:
         lines = []
@@ -152,7 +158,8 @@ def build_prompt(
             entries = [entries[0][: len(entries[0]) * 3 // 4]]
         else:
             break  # persona + question alone exceed the budget: send anyway, the model truncates
-    return Prompt(messages=msgs, n_tokens=n, entry_ids=[h.entry.id for h in hits][: len(entries)],
+    ids = [h.entry.id for h in hits]
+    return Prompt(messages=msgs, n_tokens=n, entry_ids=ids if facts is not None else ids[: len(entries)],
                   sections={"system": system, "facts": "\n".join(entries), "context": context,
                             "question": question},
                   history_turns=kept, static_messages=1 + len(shots))

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 
 
 def new_session_id() -> str:
-    return "sess_" + secrets.token_hex(6)
+    """128 random bits: a session id cannot be guessed or probed (the server also checks that
+    the one resuming it is its owner)."""
+    return "sess_" + secrets.token_hex(16)
 
 
 def new_turn_id() -> str:
@@ -45,6 +47,9 @@ class TurnRecord:
     guard: str | None = None
     barge_in: bool = False
     media: dict[str, Any] | None = None   # only when StoreConfig.store_media
+    # What the dialogue manager made of the turn: route, selected entries and facts, the
+    # understood acts/slots/entities (agent/dialogue.py Plan.to_json), and a failed verification.
+    dialogue: dict[str, Any] | None = None
 
     def to_json(self, *, with_vector: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -70,6 +75,9 @@ class Session:
         self.meta = dict(meta or {})
         self.current: TurnRecord | None = None
         self.last_face_count: int | None = None
+        # The dialogue manager's state (agent/dialogue.py DialogueState as JSON): the entity and
+        # slots in focus, hostile turns, the last reply. Stored with every turn.
+        self.dialogue_state: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     # -- state used by the policy and the prompt ------------------------------------------------

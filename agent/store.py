@@ -6,12 +6,17 @@ earlier ones. Each thread gets its own connection, so the store is safe to call 
 threads (the agent calls it through ``asyncio.to_thread``). Sessions idle longer than the
 retention are deleted at open and by :meth:`SessionStore.expire`.
 
-Schema (version 1)::
+Schema (version 2)::
 
-    sessions(id PK, created_at, updated_at, pack, meta JSON)
+    sessions(id PK, created_at, updated_at, pack, meta JSON, owner)
     turns(session_id, idx, turn_id UNIQUE, created_at, status, text, typed_text, transcript,
           data JSON (perception, fused, retrieved, reply, actions, timings, ...),
           fused_vector BLOB (float32), media BLOB (JSON, only when configured), barge_in)
+
+``owner`` is the principal that created the session (the server's non-secret id of an API
+token, or ``"local"`` when no tokens are configured; never a token itself). Version 2 added
+it; a version-1 database is migrated at open (``ALTER TABLE``), its sessions keep owner NULL,
+which the server treats as ``"local"``: resumable only while no tokens are configured.
 """
 
 from __future__ import annotations
@@ -27,14 +32,15 @@ from typing import Any
 from .errors import SessionError
 from .session import Session, TurnRecord, new_session_id
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     pack TEXT,
-    meta TEXT NOT NULL DEFAULT '{}'
+    meta TEXT NOT NULL DEFAULT '{}',
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
@@ -52,10 +58,17 @@ CREATE TABLE IF NOT EXISTS turns (
     PRIMARY KEY (session_id, idx)
 );
 CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated_at);
+-- The dialogue manager's state of a session (agent/dialogue.py), written with each turn.
+-- Added without a schema version change: CREATE IF NOT EXISTS upgrades older files in place.
+CREATE TABLE IF NOT EXISTS dialogue_state (
+    session_id TEXT PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    updated_at REAL
+);
 """
 # Fields of TurnRecord kept in the JSON ``data`` column.
 _DATA_FIELDS = ("perception", "fused", "route", "retrieved", "reply", "actions", "rejected_actions",
-                "timings", "error", "guard")
+                "timings", "error", "guard", "dialogue")
 
 
 class SessionStore:
@@ -73,8 +86,17 @@ class SessionStore:
         conn = self._conn()
         with conn:
             conn.executescript(_SCHEMA)
+            self._migrate(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self.expire()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring an older database up to SCHEMA_VERSION (tables are created IF NOT EXISTS, so a
+        column added since must be added here)."""
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
+        if "owner" not in columns:   # version 1 → 2: sessions.owner (NULL for older sessions)
+            conn.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -103,17 +125,27 @@ class SessionStore:
     # -- sessions -------------------------------------------------------------------------------
 
     def create_session(self, session_id: str | None = None, *, pack: str | None = None,
-                       meta: dict[str, Any] | None = None) -> Session:
+                       meta: dict[str, Any] | None = None, owner: str | None = None) -> Session:
+        """A new session; ``owner``: the principal that may resume it (see the module docstring)."""
         sid = session_id or new_session_id()
         now = time.time()
         conn = self._conn()
         with conn:
-            conn.execute("INSERT INTO sessions(id, created_at, updated_at, pack, meta) VALUES (?,?,?,?,?)",
-                         (sid, now, now, pack, json.dumps(meta or {})))
+            conn.execute("INSERT INTO sessions(id, created_at, updated_at, pack, meta, owner) VALUES (?,?,?,?,?,?)",
+                         (sid, now, now, pack, json.dumps(meta or {}), owner))
         return Session(sid, created_at=now, store=self, meta=meta)
 
     def exists(self, session_id: str) -> bool:
         return self._conn().execute("SELECT 1 FROM sessions WHERE id=?", (session_id,)).fetchone() is not None
+
+    def owner_of(self, session_id: str) -> str | None:
+        """The owner of a live session (None: created before owners were stored). One indexed
+        read and no turns, so a caller can check the owner before loading anything; an unknown
+        or expired id raises :class:`SessionError`."""
+        row = self._conn().execute("SELECT owner, updated_at FROM sessions WHERE id=?", (session_id,)).fetchone()
+        if row is None or row["updated_at"] < time.time() - self.retention_s:
+            raise SessionError(f"unknown session id {session_id!r}")
+        return row["owner"] if row["owner"] is None else str(row["owner"])
 
     def load_session(self, session_id: str) -> Session:
         """The session with all its turns; :class:`SessionError` if unknown or expired."""
@@ -123,8 +155,15 @@ class SessionStore:
         if row["updated_at"] < time.time() - self.retention_s:
             self.delete_session(session_id)
             raise SessionError(f"session {session_id!r} expired")
-        return Session(session_id, created_at=row["created_at"], turns=self.load_turns(session_id),
-                       store=self, meta=json.loads(row["meta"] or "{}"))
+        session = Session(session_id, created_at=row["created_at"], turns=self.load_turns(session_id),
+                          store=self, meta=json.loads(row["meta"] or "{}"))
+        session.dialogue_state = self.load_dialogue_state(session_id)
+        return session
+
+    def load_dialogue_state(self, session_id: str) -> dict[str, Any]:
+        """The dialogue manager's stored state of a session ({} if none yet)."""
+        row = self._conn().execute("SELECT state FROM dialogue_state WHERE session_id=?", (session_id,)).fetchone()
+        return dict(json.loads(row["state"])) if row is not None else {}
 
     def load_turns(self, session_id: str) -> list[TurnRecord]:
         rows = self._conn().execute("SELECT * FROM turns WHERE session_id=? ORDER BY idx", (session_id,)).fetchall()
@@ -144,8 +183,9 @@ class SessionStore:
                           fused_vector=vec, barge_in=bool(r["barge_in"]), media=media,
                           **{k: data[k] for k in _DATA_FIELDS if k in data})
 
-    def save_turn(self, session_id: str, t: TurnRecord) -> None:
-        """Write one finished turn and touch its session, in one transaction."""
+    def save_turn(self, session_id: str, t: TurnRecord, *, dialogue_state: dict[str, Any] | None = None) -> None:
+        """Write one finished turn and touch its session, in one transaction (with the session's
+        dialogue state after the turn, when given)."""
         data = json.dumps({k: getattr(t, k) for k in _DATA_FIELDS}, default=str)
         vec = array.array("f", t.fused_vector).tobytes() if t.fused_vector is not None else None
         media = json.dumps(t.media).encode() if (self.store_media and t.media is not None) else None
@@ -158,6 +198,9 @@ class SessionStore:
                 (session_id, t.index, t.turn_id, t.created_at, t.status, t.text, t.typed_text, t.transcript,
                  data, vec, media, int(t.barge_in)))
             conn.execute("UPDATE sessions SET updated_at=? WHERE id=?", (time.time(), session_id))
+            if dialogue_state is not None:
+                conn.execute("INSERT OR REPLACE INTO dialogue_state(session_id, state, updated_at) VALUES (?,?,?)",
+                             (session_id, json.dumps(dialogue_state), time.time()))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -173,6 +216,7 @@ class SessionStore:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("DELETE FROM turns WHERE session_id=?", (session_id,))
+        conn.execute("DELETE FROM dialogue_state WHERE session_id=?", (session_id,))
         conn.execute("DELETE FROM sessions WHERE id=?", (session_id,))
         conn.execute("COMMIT")
 
@@ -185,6 +229,7 @@ class SessionStore:
             ids = [r[0] for r in conn.execute("SELECT id FROM sessions WHERE updated_at < ?", (cutoff,))]
             for sid in ids:
                 conn.execute("DELETE FROM turns WHERE session_id=?", (sid,))
+                conn.execute("DELETE FROM dialogue_state WHERE session_id=?", (sid,))
                 conn.execute("DELETE FROM sessions WHERE id=?", (sid,))
             conn.execute("COMMIT")
         except BaseException:
@@ -196,7 +241,7 @@ class SessionStore:
 
     def list_sessions(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._conn().execute(
-            "SELECT s.id, s.created_at, s.updated_at, s.pack, COUNT(t.idx) AS turns FROM sessions s"
+            "SELECT s.id, s.created_at, s.updated_at, s.pack, s.owner, COUNT(t.idx) AS turns FROM sessions s"
             " LEFT JOIN turns t ON t.session_id = s.id GROUP BY s.id ORDER BY s.updated_at DESC LIMIT ?",
             (limit,)).fetchall()
         return [dict(r) for r in rows]
@@ -220,7 +265,7 @@ class SessionStore:
         if row is None:
             raise SessionError(f"unknown session id {session_id!r}")
         return {"id": row["id"], "created_at": row["created_at"], "updated_at": row["updated_at"],
-                "pack": row["pack"], "meta": json.loads(row["meta"] or "{}"),
+                "pack": row["pack"], "owner": row["owner"], "meta": json.loads(row["meta"] or "{}"),
                 "turns": [t.to_json() for t in self.load_turns(session_id)]}
 
     def integrity_check(self) -> str:

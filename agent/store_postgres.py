@@ -176,7 +176,7 @@ class PostgresSessionStore:
             raise SessionError(f"session {session_id!r} expired")
         session = Session(session_id, created_at=row["created_at"], turns=turns, store=self,
                           meta=json.loads(row["meta"] or "{}"))
-        session.dialogue_state = dict(json.loads(state["state"])) if state is not None else {}  # type: ignore[attr-defined]
+        session.dialogue_state = dict(json.loads(state["state"])) if state is not None else {}
         return session
 
     def load_turns(self, session_id: str) -> list[TurnRecord]:

@@ -13,6 +13,10 @@ Prints a table and writes JSON (default ``artifacts/bench_agent.json``).
 - ``first_delta_after_fusion``: through ``Agent.respond``: from the fused turn to the first text
   delta a client receives (retrieval + prompt + first token + detokenising the first word).
 - ``tokens_per_s``: decoding rate after the first token.
+- ``cpu_agent_default``: the same turns with the default configuration (``grounded`` responder:
+  the dialogue manager's composed answer, no model); ``--default-only`` measures only that.
+  (With ``local``, ``first_delta_after_fusion`` is the first *verified sentence*: a model's text is
+  sent sentence by sentence after the verifier, docs/agent.md.)
 
 ``--concurrency``: only the concurrent-replies benchmark (default output
 ``artifacts/bench_agent_concurrency.json``): for each N, N replies (the demo questions, real
@@ -264,6 +268,8 @@ def main() -> int:
     ap.add_argument("--concurrency", default=None, help="e.g. 1,4,8: only the concurrent-replies benchmark")
     ap.add_argument("--max-new-tokens", type=int, default=48, help="reply length in the --concurrency benchmark")
     ap.add_argument("--gpu-model", default=None, help="model for the GPU run (default: the embedded SmolLM2)")
+    ap.add_argument("--default-only", action="store_true",
+                    help="only the default configuration's turns (grounded responder), no language model")
     args = ap.parse_args()
 
     import torch
@@ -301,6 +307,21 @@ def main() -> int:
     except Exception as exc:  # the benchmark still measures the model without fusion
         print(f"fusion unavailable: {exc}", file=sys.stderr)
     db = Path(tempfile.mkdtemp()) / "bench.db"
+    # The default configuration (grounded responder: the dialogue manager's composed answers).
+    dagent = Agent.from_config(AgentConfig(store=StoreConfig(path=str(db))), perception=p, fusion=fusion)
+    dagent.warmup()
+    default_turns = bench_agent_turns(dagent, max(args.runs, 5))
+    default_turns["responder"] = dagent.responder.name
+    print(f"default configuration ({dagent.responder.name}): first delta after fusion p50 "
+          f"{default_turns['first_delta_after_fusion_ms']} ms over {default_turns['n']} turns")
+    if args.default_only:
+        out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                           "loadavg_start": [round(x, 2) for x in load0],
+                           "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+               "cpu_agent_default": default_turns}
+        print(f"load average {out['machine']['loadavg_start']} → {out['machine']['loadavg_end']}")
+        write_json(out, args.out, "bench_agent_default.json")
+        return 0
     llm = LocalLLM(LocalLLMConfig(device="cpu"))
     agent = Agent.from_config(AgentConfig(store=StoreConfig(path=str(db))), perception=p, fusion=fusion,
                               responder=LocalResponder(llm))
@@ -312,6 +333,7 @@ def main() -> int:
     }
     results["cpu"]["cached_prefix_tokens"] = next(iter(llm._prefix_caches.values())).get_seq_length()
     results["cpu_agent"] = bench_agent_turns(agent, args.runs)
+    results["cpu_agent_default"] = default_turns
     if torch.cuda.is_available():
         gllm = LocalLLM(LocalLLMConfig(device="cuda", model=args.gpu_model))
         gagent = Agent(agent.config, pack=agent.pack, perception=p, fusion=fusion, responder=LocalResponder(gllm),

@@ -7,6 +7,7 @@ other modalities are masked out. ``missing30`` drops each present modality with 
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
@@ -99,13 +100,22 @@ def evaluate_table(model: FusionModel, table: FeatureTable, subset: str = "all",
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and (population) std over seeds of each metric."""
+    """Mean and (population) std over seeds of each metric. A metric with no scored rows (NaN:
+    e.g. the speech subset of a text-only manifest) has mean and std None, shown as "n/a"."""
     out: dict[str, Any] = {"n": runs[0]["n"], "seeds": len(runs)}
     for k in METRICS:
         vals = [r[k] for r in runs]
-        out[k] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
-                  "values": vals}
+        finite = [v for v in vals if not math.isnan(v)]
+        if not finite:
+            out[k] = {"mean": None, "std": None, "values": [None] * len(vals)}
+            continue
+        out[k] = {"mean": statistics.fmean(finite), "std": statistics.pstdev(finite) if len(finite) > 1 else 0.0,
+                  "values": [v if not math.isnan(v) else None for v in vals]}
     return out
+
+
+def _cell(s: dict[str, Any]) -> str:
+    return "n/a" if s["mean"] is None else f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
 
 
 def markdown_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
@@ -114,6 +124,6 @@ def markdown_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
              "|---|---|---:|---:|---:|---:|---:|"]
     for variant, subs in results.items():
         for subset, s in subs.items():
-            cells = [f"{100 * s[k]['mean']:.1f} ± {100 * s[k]['std']:.1f}" for k in METRICS]
+            cells = [_cell(s[k]) for k in METRICS]
             lines.append(f"| {variant} | {subset} | {s['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

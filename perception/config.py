@@ -46,6 +46,11 @@ class Limits:
     max_audio_bytes: int = 64_000_000     # raw PCM16 / encoded file size before decoding
     max_image_pixels: int = 40_000_000    # width * height, checked from the header before decoding
     max_image_side: int = 16_384          # longest side, pixels
+    # Pixels actually decoded per frame (after a JPEG's reduced-scale draft decode): checked
+    # from the header before decoding, so a small PNG declaring 6000x6000 (36 Mpx, ~400 MB
+    # decoded) is refused at once. 3840x2160; a JPEG of up to max_image_pixels fits (it is
+    # decoded at 1/2..1/8 scale), a PNG, WebP or BMP is decoded whole and must fit as it is.
+    max_decoded_pixels: int = 8_294_400
     max_image_bytes: int = 30_000_000     # encoded JPEG/PNG size
     max_frames_per_call: int = 256        # frames in one encode_frames call
 

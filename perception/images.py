@@ -86,7 +86,9 @@ def _from_bytes(data: bytes, config: PerceptionConfig, index: int, min_side: int
         raise ImageTooLargeError(f"image #{index} is {size}, over the limit max_image_pixels="
                                  f"{limits.max_image_pixels:,}") from exc
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
-        raise InvalidImageError(f"image #{index} cannot be read as an image: {exc}") from exc
+        # PIL's text names the BytesIO object (a heap address): the message is ours alone.
+        raise InvalidImageError(f"image #{index} cannot be read as an image (not a JPEG, PNG, WebP or BMP "
+                                f"file, or its header is damaged)") from exc
     if im.format not in ACCEPTED_FORMATS:
         raise InvalidImageError(f"image #{index} is {im.format}, expected one of {', '.join(ACCEPTED_FORMATS)}")
     width, height = im.size
@@ -96,15 +98,49 @@ def _from_bytes(data: bytes, config: PerceptionConfig, index: int, min_side: int
         # ImageFile.LOAD_TRUNCATED_IMAGES, which makes PIL fill a cut-off image with grey.
         raise InvalidImageError(f"image #{index} ({im.format}, {width}x{height}) is truncated: "
                                 f"no end-of-image marker")
-    if im.format == "JPEG":
-        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the frame is far larger than needed.
-        im.draft("RGB", (min_side, min_side))
+    decoded_w, decoded_h = decoded_size(im, min_side)
+    if decoded_w * decoded_h > limits.max_decoded_pixels:
+        raise ImageTooLargeError(
+            f"image #{index} ({im.format}, {width}x{height}) would decode to {decoded_w * decoded_h:,} pixels, "
+            f"over the limit max_decoded_pixels={limits.max_decoded_pixels:,}")
     try:
         im.load()
     except Exception as exc:  # truncated or corrupt pixel data
-        raise InvalidImageError(f"image #{index} ({im.format}, {width}x{height}) is corrupt or truncated: "
-                                f"{exc}") from exc
+        raise InvalidImageError(f"image #{index} ({im.format}, {width}x{height}) is corrupt or truncated "
+                                f"({_reason(exc)})") from exc
     return _from_pil(im, config, index, original=(width, height), checked=True)
+
+
+def decoded_size(im: Image.Image, min_side: int) -> tuple[int, int]:
+    """The size ``im`` (opened, not loaded) will decode to. A JPEG is set to draft mode first:
+    libjpeg then decodes at 1/2, 1/4 or 1/8 scale when the frame is far larger than needed."""
+    if im.format == "JPEG":
+        im.draft("RGB", (min_side, min_side))
+    return im.size
+
+
+def probe_decoded_pixels(data: bytes, min_side: int = 640) -> tuple[str | None, int, int, int]:
+    """(format, width, height, pixels a decode would produce) from the header alone; raises
+    :class:`InvalidImageError` when there is no readable header. For early checks (the server
+    refuses an over-budget frame before it queues it for decoding)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            w, h = decoded_size(im, min_side)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError("the image has too many pixels") from exc
+    except Exception as exc:
+        raise InvalidImageError("the image cannot be read (not a JPEG, PNG, WebP or BMP file, or its header "
+                                "is damaged)") from exc
+    return im.format, width, height, w * h
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's text without object reprs or paths (PIL's are short and plain otherwise)."""
+    text = re.sub(r"<[^<>]*\bat 0x[0-9a-fA-F]+>", "the data", str(exc))
+    return re.sub(r"(?:/[\w.+\-]+){2,}", "…", text)[:200] or type(exc).__name__
 
 
 def _from_pil(im: Image.Image, config: PerceptionConfig, index: int,
@@ -126,7 +162,7 @@ def _from_pil(im: Image.Image, config: PerceptionConfig, index: int,
             im = im.convert("RGB")
         rgb = np.asarray(im, dtype=np.uint8)
     except Exception as exc:
-        raise InvalidImageError(f"image #{index} cannot be converted to RGB: {exc}") from exc
+        raise InvalidImageError(f"image #{index} cannot be converted to RGB ({_reason(exc)})") from exc
     return DecodedImage(rgb=rgb, width=width, height=height)
 
 

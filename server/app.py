@@ -25,7 +25,8 @@ from websockets.http11 import Request, Response
 
 from perception.errors import MMAgentError
 from server import protocol as P
-from server.config import ServerConfig
+from server.auth import load_key, principal_of, request_allowed
+from server.config import ServerConfig, _is_local
 from server.connection import Connection
 from server.core.pipeline import error as error_event
 from server.engine import ModelEngine, make_engine
@@ -62,6 +63,8 @@ class Server:
         self.sessions: dict[str, Connection] = {}
         self._per_token: dict[str, int] = {}
         self._recent: OrderedDict[str, float] = OrderedDict()   # closed session ids (for resume checks)
+        self.max_decoded_pixels: int = config.perception_config().limits.max_decoded_pixels
+        self._principal_key = load_key(config.state_dir) if config.tokens else b""
         self.static_dir = Path(config.static_dir) if config.static_dir else STATIC_DIR
         self._pack_name = Path(config.pack).name if config.pack else None
         self._server: Any = None
@@ -92,10 +95,13 @@ class Server:
         self._server = await serve(
             self._handler, self.config.host, self.config.port,
             process_request=self._process_request, select_subprotocol=self._select_subprotocol,
-            max_size=lim.hard_max_message_bytes, max_queue=64, ping_interval=20, ping_timeout=20,
+            max_size=lim.hard_max_message_bytes, max_queue=8, ping_interval=20, ping_timeout=20,
             compression=None, server_header="mmagent")
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
+        for i, token in enumerate(self.config.tokens, 1):   # so an operator can tell the owners apart
+            log.info("token #%d owns its sessions as principal %s", i,
+                     principal_of(token, self._principal_key, tokens_configured=True))
         log.info("serving on %s (WebSocket %s)", self.url, self.ws_url)
 
     async def drain(self, timeout_s: float | None = None) -> dict[str, int]:
@@ -142,28 +148,26 @@ class Server:
                 return proto
         return P.REALTIME_SUBPROTOCOL if P.REALTIME_SUBPROTOCOL in offered else None
 
-    def _origin_ok(self, request: Request) -> bool:
-        origin = request.headers.get("Origin")
-        allowed = self.config.allowed_origins
-        if origin is None or "*" in allowed:
-            return True
-        if allowed:
-            return origin in allowed
-        host = request.headers.get("Host", "")
-        return urlsplit(origin).netloc == host
-
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        refused = request_allowed(bound_to_loopback=_is_local(self.config.host),
+                                  allowed_origins=self.config.allowed_origins, host=request.headers.get("Host"),
+                                  origin=request.headers.get("Origin"), upgrade=upgrade)
+        if refused is not None:
+            self.metrics.errors.inc(code=refused)
+            log.warning("refused a request for %s: %s (Host %.80r, Origin %.80r)", path[:80], refused,
+                        request.headers.get("Host"), request.headers.get("Origin"))
+            message = ("this server only answers requests to a loopback host name (127.0.0.1, localhost, [::1]); "
+                       "set allowed_origins to serve other names" if refused == "host_not_allowed" else
+                       "this Origin is not allowed (loopback origins only, or those in allowed_origins)")
+            return _json_response(403, {"error": {"code": refused, "message": message}})
         if upgrade:
             if self.draining:
                 return _json_response(503, {"error": {"code": "server_draining",
                                                       "message": "this front end is shutting down; retry"}})
             if path not in P.WS_PATHS:
                 return _json_response(404, {"error": {"code": "not_found", "message": f"no WebSocket at {path}"}})
-            if not self._origin_ok(request):
-                return _json_response(403, {"error": {"code": "origin_not_allowed",
-                                                      "message": "Origin not in allowed_origins"}})
             return None
         if path == "/healthz":
             # 200 while this front end takes new sessions, 503 while it drains (the balancer's check).
@@ -247,7 +251,8 @@ class Server:
             await self._refuse(ws, "unauthorized", "missing or invalid API token", P.CLOSE_UNAUTHORIZED)
             return
         lim = self.config.limits
-        token_key = token if self.config.tokens and token else ""
+        principal = principal_of(token, self._principal_key, tokens_configured=bool(self.config.tokens))
+        token_key = principal if self.config.tokens else ""
         if len(self.sessions) >= lim.max_sessions:
             await self._refuse(ws, "too_many_sessions", f"the server has max_sessions ({lim.max_sessions}) open",
                                P.CLOSE_TOO_MANY_SESSIONS)
@@ -259,7 +264,7 @@ class Server:
         self._per_token[token_key] = self._per_token.get(token_key, 0) + 1
         session: Connection | None = None
         try:
-            session = await self._open(ws, token_key, resume_id)
+            session = await self._open(ws, principal, resume_id)
             if session is None:
                 return
             await session.run()
@@ -285,28 +290,32 @@ class Server:
                 self.metrics.sessions_open.set(len(self.sessions))
             log.debug("session closed (%s)", ws.close_code)
 
-    async def _open(self, ws: ServerConnection, token_key: str, resume_id: str | None) -> Connection | None:
-        """Create (or resume) the session; None when the connection was refused."""
+    async def _open(self, ws: ServerConnection, principal: str, resume_id: str | None) -> Connection | None:
+        """Create (or resume) the session; None when the connection was refused.
+
+        Resuming needs the session's own principal. Another principal's id is answered exactly
+        like an unknown one (a new session and ``session_not_found``): the owner's connection
+        is left alone and nothing of its session is loaded."""
         from agent.errors import SessionError
 
         not_found = False
         agent_session = None
         if resume_id is not None:
+            try:
+                agent_session = await self.engine.open_session(resume_id, principal=principal)
+            except SessionError:
+                not_found = True
             old = self.sessions.get(resume_id)
-            if old is not None:
+            if agent_session is not None and old is not None:
                 await old.close_with("session_replaced", "this session was opened by another connection",
                                      P.CLOSE_REPLACED)
                 await old.shutdown()
-            try:
-                agent_session = await self.engine.open_session(resume_id)
-            except SessionError:
-                not_found = True
         if agent_session is None:
-            agent_session = await self.engine.open_session(None)
+            agent_session = await self.engine.open_session(None, principal=principal)
         sid = _session_id(agent_session)
         assert ws.request is not None
         flag = parse_qs(urlsplit(ws.request.path).query).get("extensions", ["on"])[0].lower()
-        session = Connection(self, ws, session_id=sid, token=token_key or None,
+        session = Connection(self, ws, session_id=sid, principal=principal,
                              resumed=resume_id is not None and not not_found, agent_session=agent_session,
                              extensions=flag not in ("0", "off", "false", "no"))
         self.sessions[sid] = session

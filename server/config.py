@@ -35,9 +35,15 @@ class LimitsConfig:
                                             # whole); refills at max_audio_seconds_per_s
     max_pending_audio_s: float = 60.0       # buffered audio of one user turn
     max_frames_per_turn: int = 3            # latest frames kept per session
+    max_pending_images: int = 8             # images of conversation.item.create waiting for a response
     frame_window_s: float = 10.0            # frames older than this are not part of a turn
     max_text_chars: int = 4000
     idle_timeout_s: float = 300.0
+    # A client that stops reading: its outgoing queue holds at most max_outgoing_bytes (beyond
+    # that its messages are not read any more), and once a send or that full queue has waited
+    # slow_client_timeout_s it is dropped (close 4410 slow_client) and its slot freed.
+    max_outgoing_bytes: int = 1 * MiB
+    slow_client_timeout_s: float = 10.0
     max_sessions: int = 64
     max_sessions_per_token: int = 16
     max_errors_per_10s: int = 100
@@ -95,6 +101,11 @@ class PipelineConfig:
     # turn; several are averaged). The others stay buffered for later turns until they expire.
     frames_per_turn: int = 1
     respond_timeout_s: float = 60.0   # a response not done by then fails (response_timeout); 0 = none
+    # Admission control: a new turn while this many turns (all sessions) wait for their first
+    # reply delta is refused at once with server_busy and a retry hint; 0 = no limit. Sized on
+    # the 2-core reference machine (bench/server.py, README): 8 waiting turns gave first-delta
+    # p95 2.25 s (spoken) / 1.39 s (typed); 32 gave 15 s / 10 s, past the 3 s target.
+    max_waiting_turns: int = 8
 
 
 @dataclass
@@ -166,11 +177,11 @@ class ServerConfig:
         if lim.hard_max_message_bytes < lim.max_message_bytes:
             raise ConfigError("limits.hard_max_message_bytes must be >= limits.max_message_bytes")
         for name in ("max_frames_per_s", "max_audio_seconds_per_s", "max_pending_audio_s", "idle_timeout_s",
-                     "frame_window_s", "audio_burst_s", "drain_timeout_s"):
+                     "frame_window_s", "audio_burst_s", "slow_client_timeout_s", "drain_timeout_s"):
             if getattr(lim, name) <= 0:
                 raise ConfigError(f"limits.{name} must be > 0")
         for name in ("max_sessions", "max_sessions_per_token", "max_frames_per_turn", "max_errors_per_10s",
-                     "max_message_bytes", "max_text_chars"):
+                     "max_message_bytes", "max_text_chars", "max_pending_images", "max_outgoing_bytes"):
             if getattr(lim, name) < 1:
                 raise ConfigError(f"limits.{name} must be >= 1")
         for bname in ("text", "frames", "speech"):
@@ -178,6 +189,8 @@ class ServerConfig:
             if b.max_batch < 1 or b.max_wait_ms < 0:
                 raise ConfigError(f"batching.{bname}: max_batch must be >= 1 and max_wait_ms >= 0")
         self.perception_config()   # raises ConfigError naming a bad perception.* key or value
+        if self.pipeline.max_waiting_turns < 0:
+            raise ConfigError("pipeline.max_waiting_turns must be >= 0 (0 = no limit)")
         if self.serving.engine not in ("local", "ray"):
             raise ConfigError(f"serving.engine must be 'local' or 'ray', not {self.serving.engine!r}")
         for dname in ("text", "speech", "vision", "llm"):

@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 class Connection:
     """``await connection.run()`` until the socket closes; then ``await connection.shutdown()``."""
 
-    def __init__(self, server: Server, ws: ServerConnection, *, session_id: str, token: str | None,
+    def __init__(self, server: Server, ws: ServerConnection, *, session_id: str, principal: str,
                  resumed: bool, agent_session: Session, extensions: bool = True) -> None:
-        self.server, self.ws, self.id, self.token = server, ws, session_id, token
+        self.server, self.ws, self.id, self.principal = server, ws, session_id, principal
         self.limits = server.config.limits
         self.runtime = AsyncioRuntime(self._task_failed, prefix=session_id)
         settings = None
@@ -49,11 +49,17 @@ class Connection:
         self.core = Conversation(session_id=session_id, agent_session=agent_session, engine=server.engine,
                                  runtime=self.runtime, config=server.config, metrics=server.metrics,
                                  resumed=resumed, settings=settings)
-        self.codec = Codec(max_text_chars=self.limits.max_text_chars)
+        self.codec = Codec(max_text_chars=self.limits.max_text_chars, max_decoded_pixels=server.max_decoded_pixels)
         self.errors = ErrorBudget(self.limits.max_errors_per_10s, 10.0)
         self.notices: list[E.ServerEvent] = []     # sent right after session.created
         self._out: asyncio.Queue[str | None] = asyncio.Queue()
+        self.queued_bytes = 0                      # of the messages in _out (bounded: slow clients)
+        self._room = asyncio.Event()               # set while queued_bytes <= max_outgoing_bytes
+        self._room.set()
+        self._stalled_since: float | None = None   # a send, or a full queue, waiting since then
+        self._sending_since: float | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self.closed = False
         self.fatal: BaseException | None = None
         self.core.on_output = self._flush
@@ -66,19 +72,67 @@ class Connection:
 
     def _flush(self) -> None:
         for ev in self.core.take():
-            self._out.put_nowait(self.codec.encode(ev))
+            self._enqueue(self.codec.encode(ev))
+
+    def _enqueue(self, msg: str) -> None:
+        if self.closed:
+            return
+        self.queued_bytes += len(msg)
+        self._out.put_nowait(msg)
+        if self.queued_bytes > self.limits.max_outgoing_bytes and self._room.is_set():
+            self._room.clear()   # the reader loop stops taking this client's messages
+            if self._stalled_since is None:
+                self._stalled_since = time.monotonic()
 
     async def _write(self) -> None:
         while True:
             msg = await self._out.get()
             if msg is None:
                 return
+            self.queued_bytes -= len(msg)
+            if self.queued_bytes <= self.limits.max_outgoing_bytes and not self._room.is_set():
+                self._room.set()
+                self._stalled_since = None
             if self.closed:
                 continue
+            self._sending_since = time.monotonic()
             try:
                 await self.ws.send(msg)
             except Exception:  # ConnectionClosed and friends: the reader loop ends the session
                 self.closed = True
+            finally:
+                self._sending_since = None
+
+    async def _watch_for_stall(self) -> None:
+        """Drop a client that stopped reading: a send that has not gone out, or a full queue,
+        for slow_client_timeout_s. (WebSocket pings cannot tell: they queue behind the data.)"""
+        limit = self.limits.slow_client_timeout_s
+        while not self.closed:
+            await asyncio.sleep(min(1.0, limit / 4))
+            now = time.monotonic()
+            since = min((t for t in (self._sending_since, self._stalled_since) if t is not None), default=None)
+            if since is not None and now - since > limit:
+                self._drop_slow(now - since)
+                return
+
+    def _drop_slow(self, waited_s: float) -> None:
+        log.warning("session %s: the client read nothing for %.1f s (%d bytes queued); dropping it (4410)",
+                    self.id, waited_s, self.queued_bytes)
+        self.server.metrics.errors.inc(code="slow_client")
+        self.server.metrics.slow_clients.inc()
+        self.closed = True
+        self._room.set()
+        while not self._out.empty():   # what it never read is freed now
+            self._out.get_nowait()
+        self.queued_bytes = 0
+        transport = self.ws.transport
+        try:   # the close frame goes out if the socket can still take it (a slow reader sees it)
+            self.ws.protocol.send_close(P.CLOSE_SLOW_CLIENT, "slow_client")
+            self.ws.send_data()
+            transport.close()
+        except Exception:
+            pass
+        asyncio.get_running_loop().call_later(1.0, transport.abort)
 
     async def _drain(self) -> None:
         """Send everything queued, then stop the writer."""
@@ -87,12 +141,18 @@ class Connection:
             await self._writer
 
     async def close_with(self, code: str, message: str, close_code: int) -> None:
-        """Send an ``error`` with ``code``, then close the socket with ``close_code``."""
+        """Send an ``error`` with ``code``, then close the socket with ``close_code`` (a client that
+        does not read gets slow_client_timeout_s for it, then the socket is dropped)."""
         self.server.metrics.errors.inc(code=code)
-        self._out.put_nowait(self.codec.encode(E.ErrorEvent(code, message, P.ERROR_TYPES.get(code, "server_error"))))
-        await self._drain()
-        self.closed = True
-        await self.ws.close(close_code, code)
+        self._enqueue(self.codec.encode(E.ErrorEvent(code, message, P.ERROR_TYPES.get(code, "server_error"))))
+        try:
+            async with asyncio.timeout(self.limits.slow_client_timeout_s):
+                await self._drain()
+                self.closed = True
+                await self.ws.close(close_code, code)
+        except TimeoutError:
+            self.closed = True
+            self.ws.transport.abort()
 
     @property
     def busy(self) -> bool:
@@ -114,9 +174,14 @@ class Connection:
         """Read and handle client messages until the socket closes or a fatal error."""
         from websockets.exceptions import ConnectionClosed
 
-        self._writer = asyncio.get_running_loop().create_task(self._write(), name=f"{self.id}-writer")
+        loop = asyncio.get_running_loop()
+        self._writer = loop.create_task(self._write(), name=f"{self.id}-writer")
+        self._watchdog = loop.create_task(self._watch_for_stall(), name=f"{self.id}-watchdog")
         self.core.start(self.notices)
         while not self.closed:
+            if not self._room.is_set():   # backpressure: its replies wait, so its input waits too
+                await self._room.wait()
+                continue
             try:
                 async with asyncio.timeout(self.limits.idle_timeout_s):
                     message = await self.ws.recv()
@@ -179,6 +244,7 @@ class Connection:
         """The client is gone (or replaced): stop everything; unseen turns are forgotten."""
         self.closed = True
         await self.core.close()
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
+        tasks = [t for t in (self._writer, self._watchdog) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from perception.errors import MMAgentError
+from server.auth import LOCAL_PRINCIPAL
 from server.batcher import MicroBatcher
 from server.config import ServerConfig
 from server.console import loading
@@ -78,8 +79,10 @@ class ModelEngine(Protocol):
 
     async def ensure_loaded(self) -> None: ...
 
-    async def open_session(self, session_id: str | None) -> Session:
-        """The agent's session (resumed from its store when ``session_id`` is known)."""
+    async def open_session(self, session_id: str | None, *, principal: str = "local") -> Session:
+        """The agent's session: a new one owned by ``principal``, or the one with ``session_id``
+        resumed from its store. An unknown id and an id owned by another principal raise the
+        same :class:`agent.errors.SessionError` (nothing of the session is loaded then)."""
         ...
 
     async def encode_text(self, text: str) -> TextEncoding: ...
@@ -136,6 +139,7 @@ class LocalEngine:
         # Turns between their end of input and their first reply delta, over all sessions. While
         # there are any, background work (camera presence updates) yields the CPU to them.
         self.turns_in_flight = 0
+        self._owners: dict[str, str] = {}   # session owners when the agent keeps no store
         # Recent text encodings by text (a turn's text is often encoded ahead, during its
         # end-of-turn silence); futures, so a request arriving mid-encode waits for that one.
         self._text_cache: OrderedDict[str, asyncio.Future[Any]] = OrderedDict()
@@ -272,11 +276,32 @@ class LocalEngine:
 
     # ---- agent ---------------------------------------------------------------------------------
 
-    async def open_session(self, session_id: str | None) -> Session:
-        """The agent's session (resumed from its store when ``session_id`` is known)."""
+    async def open_session(self, session_id: str | None, *, principal: str = "local") -> Session:
+        """See :meth:`ModelEngine.open_session`. The owner is checked first, with one indexed
+        read, and the same way for an unknown id, so the refusal says and times nothing more."""
         await self.ensure_loaded()
         return await asyncio.get_running_loop().run_in_executor(
-            self.light_executor, lambda: self.agent.open_session(session_id=session_id))
+            self.light_executor, lambda: self._open_session(session_id, principal))
+
+    def _open_session(self, session_id: str | None, principal: str) -> Session:
+        from agent.errors import SessionError
+        from agent.session import new_session_id
+
+        store = self.agent.store
+        if session_id is None:
+            sid = new_session_id()
+            if store is not None:
+                store.create_session(sid, pack=self.agent.pack.name, owner=principal)
+                return self.agent.open_session(session_id=sid)   # type: ignore[no-any-return]
+            self._owners[sid] = principal
+            return self.agent.open_session(session_id=sid, create_missing=True)  # type: ignore[no-any-return]
+        owner = store.owner_of(session_id) if store is not None else self._owners.get(session_id, "")
+        # Sessions stored before owners were (owner NULL) belong to the no-token principal.
+        if (owner or LOCAL_PRINCIPAL) != principal:
+            log.warning("refused to resume session %.64r for principal %s: it belongs to another principal",
+                        session_id, principal)
+            raise SessionError(f"unknown session id {session_id!r}")
+        return self.agent.open_session(session_id=session_id)  # type: ignore[no-any-return]
 
     def respond(self, request: RespondRequest) -> AsyncIterator[AgentEvent]:
         return self.agent.respond(request.session, request.perceived,  # type: ignore[no-any-return]

@@ -10,7 +10,7 @@ and never holds facts of its own::
      "screens": {"show_on_map": "map", "show_opening_hours": "hours", "<handoff action>": "handoff"}}
 
 Hours entries are the knowledge entries whose ``action`` is ``show_opening_hours``, in pack
-order; an entry's structured ``hours`` (when the pack format has them) is passed on as it is.
+order, with the text the pack wrote for them.
 The greeting is what the kiosk shows when someone arrives and the agent's own greeting turn
 (a response to the camera frame alone) says nothing.
 """
@@ -31,9 +31,8 @@ def kiosk_json(pack: Any) -> dict[str, Any]:
         if action is None or action[0] != HOURS_ACTION:
             continue
         item: dict[str, Any] = {"id": e.id, "title": e.title or "", "text": e.text}
-        structured = getattr(e, "hours", None)
-        if structured:
-            item["hours"] = structured
+        # (The entry's structured ``hours`` are the dialogue manager's; the card shows the
+        # pack's own sentence, which the shop owner wrote for people to read.)
         hours.append(item)
     screens = {MAP_ACTION: "map", HOURS_ACTION: "hours"}
     if pack.handoff_action:

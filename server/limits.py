@@ -15,10 +15,18 @@ class TokenBucket:
         self.tokens = self.burst
         self.stamp = clock()
 
-    def take(self, amount: float) -> bool:
+    def _refill(self) -> None:
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def can_take(self, amount: float) -> bool:
+        """Whether ``take(amount)`` would succeed now (takes nothing)."""
+        self._refill()
+        return amount <= self.tokens + 1e-9
+
+    def take(self, amount: float) -> bool:
+        self._refill()
         if amount > self.tokens + 1e-9:
             return False
         self.tokens -= amount

@@ -116,12 +116,24 @@ class Metrics:
         self.errors = Counter("mmagent_errors_total", "Error events sent to clients, by code.")
         self.preemptive = Counter("mmagent_preemptive_responses_total",
                                   "Responses started at a pause in speech, by outcome (released, discarded).")
+        self.slow_clients = Counter("mmagent_slow_clients_dropped_total",
+                                    "Clients dropped because they stopped reading (close 4410).")
+        self.turns_waiting = Gauge("mmagent_turns_waiting",
+                                   "Turns between their end of input and their first reply delta, all sessions.")
+        self.turns_shed = Counter("mmagent_turns_shed_total",
+                                  "Turns refused with server_busy (admission control), by reason.")
         self.stage = Histogram("mmagent_stage_seconds", "Latency of each pipeline stage in seconds.")
         self.batch = Histogram("mmagent_batch_size", "Calls served per model forward pass.", BATCH_BUCKETS)
         self.sessions_open.set(0)
+        self.turns_waiting.set(0)
+        self.first_delta_s = 1.0   # moving average of end of input → first delta (the retry hint)
+
+    def note_first_delta(self, seconds: float) -> None:
+        self.first_delta_s += 0.2 * (seconds - self.first_delta_s)
 
     def render(self) -> str:
         lines: list[str] = []
-        for m in (self.sessions_open, self.sessions_total, self.turns, self.errors, self.stage, self.batch):
+        for m in (self.sessions_open, self.sessions_total, self.turns, self.errors, self.slow_clients,
+                  self.turns_waiting, self.turns_shed, self.stage, self.batch):
             lines.extend(m.render())
         return "\n".join(lines) + "\n"

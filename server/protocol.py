@@ -7,12 +7,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 import struct
 from collections.abc import Mapping
 from typing import Any
 
-from server.errors import ProtocolError
+from server.errors import ProtocolError, client_message
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -51,6 +52,7 @@ CLOSE_UNSUPPORTED_VERSION = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_IDLE = 4408
 CLOSE_REPLACED = 4409
+CLOSE_SLOW_CLIENT = 4410
 CLOSE_TOO_MANY_SESSIONS = 4429
 
 # error.code -> error.type
@@ -78,14 +80,17 @@ ERROR_TYPES: dict[str, str] = {
     "unsupported_version": "invalid_request_error",
     "session_replaced": "invalid_request_error",
     "idle_timeout": "invalid_request_error",
+    "slow_client": "rate_limit_error",
     "invalid_action": "server_error",
     "message_too_large": "rate_limit_error",
     "frame_rate_exceeded": "rate_limit_error",
     "audio_rate_exceeded": "rate_limit_error",
     "audio_buffer_full": "rate_limit_error",
+    "too_many_images": "rate_limit_error",
     "too_many_sessions": "rate_limit_error",
     "too_many_errors": "rate_limit_error",
     "unauthorized": "authentication_error",
+    "server_busy": "server_error",
     "responder_failed": "server_error",
     "response_timeout": "server_error",
     "model_load_failed": "server_error",
@@ -108,18 +113,52 @@ def error_event(code: str, message: str, *, param: str | None = None,
                 event_id: str | None = None) -> dict[str, Any]:
     """An ``error`` server event with its stable code (docs/protocol.md, "Errors")."""
     return event("error", error={"type": ERROR_TYPES.get(code, "server_error"), "code": code,
-                                 "message": message, "param": param, "event_id": event_id})
+                                 "message": client_message(code, message), "param": param, "event_id": event_id})
 
 
 # ---- parsing ------------------------------------------------------------------------------
+
+MAX_JSON_DEPTH = 32   # objects and arrays nested in one event (tool schemas in session.update nest deepest)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 def parse_text_message(data: str) -> dict[str, Any]:
     """Parse one JSON text message into an event dict with a string ``type``."""
     try:
         obj = json.loads(data)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError("invalid_json", f"message is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("invalid_event", f"the event nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError("invalid_json", f"message is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    check_tree(obj)
     return _check_event(obj)
+
+
+def check_tree(obj: Any) -> None:
+    """Every event, text or binary header, before any handler sees it: nested at most
+    MAX_JSON_DEPTH deep (``invalid_event``), every string and key proper Unicode — JSON's
+    ``\\ud800`` escape gives a lone surrogate, which no encoder downstream accepts (``invalid_text``)."""
+    stack: list[tuple[Any, int, str]] = [(obj, 1, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise ProtocolError("invalid_text", "text is not valid Unicode (it holds a lone surrogate, "
+                                    "e.g. \\ud800)", param=path[:200] or None)
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise ProtocolError("invalid_event", f"the event nests deeper than {MAX_JSON_DEPTH} levels",
+                                param=path[:200] or None)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if _SURROGATE.search(k):
+                    raise ProtocolError("invalid_text", "a field name is not valid Unicode (a lone surrogate)",
+                                        param=path[:200] or None)
+                stack.append((v, depth + 1, f"{path}.{k}" if path else k))
+        else:
+            stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(value))
 
 
 def _check_event(obj: Any) -> dict[str, Any]:
@@ -155,8 +194,12 @@ def parse_binary_message(data: bytes) -> tuple[dict[str, Any], bytes]:
         raise ProtocolError("invalid_binary_frame", f"binary header length {n} runs past the message end")
     try:
         header = json.loads(data[2:2 + n].decode("utf-8"))
+    except RecursionError:
+        raise ProtocolError("invalid_event", f"the binary header nests deeper than {MAX_JSON_DEPTH} levels") \
+            from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ProtocolError("invalid_binary_frame", "binary header is not UTF-8 JSON") from None
+    check_tree(header)
     if not isinstance(header, dict) or header.get("type") not in BINARY_EVENTS:
         raise ProtocolError("invalid_binary_frame",
                             f"binary header must be a JSON object whose type is one of {list(BINARY_EVENTS)}",

@@ -119,7 +119,7 @@ class FakeEngine:
     async def ensure_loaded(self) -> None:
         pass
 
-    async def open_session(self, session_id: str | None) -> Session:
+    async def open_session(self, session_id: str | None, *, principal: str = "local") -> Session:
         return Session(session_id or "sess_fake")
 
     async def encode_text(self, text: str) -> TextEncoding:

@@ -215,7 +215,8 @@ class ScaleStack:
         self.db = f"scale_{os.getpid()}_{int(time.time())}"
         self.store_url = self.pg.create_database(self.db)
         self.extra = dict(extra or {})
-        self.models = ModelTier(self.workdir, {k: v for k, v in self.extra.items() if k == "serving"}) if ray else None
+        # the tier and the front ends read the same serving.* and agent.responder settings
+        self.models = ModelTier(self.workdir, {k: v for k, v in self.extra.items() if k in ("serving", "agent")}) if ray else None
         self.n = n
         self.front_ends: list[FrontEnd] = []
         self.lb: HAProxy | None = None

@@ -69,8 +69,9 @@ def test_cancel_mid_reply_stops_within_one_step(agent: Agent, local_llm: Any) ->
         events = []
         async for ev in agent.respond(session, perceived, cancel=cancel):
             events.append(ev)
-            if ev.type == "text.delta" and not cancel.is_set():
-                cancel.set()
+            # the model's text is sent in verified sentences only: cancel while it generates
+            if ev.type == "turn.fused" and not cancel.is_set():
+                asyncio.get_running_loop().call_later(0.4, cancel.set)
         return events
 
     events = asyncio.run(go())

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from agent import Agent, AgentConfig, OpenAIConfig, ResponderConfig, StoreConfig, TurnInput
+from agent.dialogue import DialogueState
 from agent.responders import OpenAIResponder
 
 
@@ -145,7 +146,10 @@ def test_stalling_server_times_out_with_an_error_event(sse_server: str, make_age
     errors = [e for e in events if e.type == "error"]
     assert errors and errors[0].code == "responder_failed" and "read_timeout" in errors[0].message
     assert done.status == "failed" and done.error["code"] == "responder_failed"
-    assert done.text.startswith("The service")  # the partial text is kept
+    # nothing unverified reaches the client: the model's half sentence is not sent, the answer
+    # composed from the pack is (the turn still fails with the backend's error)
+    assert done.text.startswith("The service") and done.text == agent.dialogue.plan(
+        "where is the service desk?", DialogueState()).text
     assert elapsed < 2.5
 
 
@@ -197,9 +201,11 @@ def test_cancel_closes_a_stalled_stream_at_once(sse_server: str, make_agent: Any
         t_cancel = 0.0
         async for ev in agent.respond(session, perceived, cancel=cancel):
             events.append(ev)
-            if ev.type == "text.delta" and not cancel.is_set():
-                asyncio.get_running_loop().call_later(0.3, cancel.set)
-                t_cancel = time.perf_counter() + 0.3
+            # (model text is sent only in verified sentences: the stall comes before the first
+            # one, so the cancel is timed from the start of the reply)
+            if ev.type == "turn.fused" and not cancel.is_set():
+                asyncio.get_running_loop().call_later(0.5, cancel.set)
+                t_cancel = time.perf_counter() + 0.5
         return events, time.perf_counter() - t_cancel
 
     events, after = asyncio.run(go())

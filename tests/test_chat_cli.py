@@ -84,7 +84,12 @@ def test_chat_help_missing_image_and_ctrl_c_through_a_terminal(tmp_path: Path) -
     Image.fromarray(data.astronaut()).save(photo)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MMAGENT_CACHE_DIR": os.environ.get(
         "MMAGENT_CACHE_DIR", str(Path.home() / ".cache" / "mmagent"))}
-    term = Terminal([*MMAGENT, "chat", "--db", str(tmp_path / "chat.sqlite3")], env)
+    # the local model streaming token by token, so that a reply lasts long enough to be stopped
+    # (the default grounded responder answers at once; a model's text behind the dialogue
+    # manager comes in verified sentences)
+    config = tmp_path / "streaming.yaml"
+    config.write_text("responder: {kind: local}\ndialogue: {enabled: false}\n")
+    term = Terminal([*MMAGENT, "chat", "--db", str(tmp_path / "chat.sqlite3"), "--config", str(config)], env)
     try:
         term.expect("you> ", timeout=180)
         term.type("/help\r")

@@ -112,7 +112,10 @@ def test_two_front_ends_behind_haproxy_share_sessions_and_survive_kill_and_drain
     # Ray's scheduling CPUs: a quarter each, so all three deployments fit a small CI machine.
     small = {"num_cpus": 0.25}
     stack = ScaleStack(2, pg=pg_server, ray=True,
-                       extra={"serving": {"text": small, "speech": small, "vision": small, "llm": small}})
+                       extra={"serving": {"text": small, "speech": small, "vision": small, "llm": small},
+                              # the local model writes the replies (on the Ray tier): seconds
+                              # per reply, so the kill and the drain land mid-turn
+                              "agent": {"responder": {"kind": "local"}}})
     timings: dict[str, float] = {}
     try:
         stack.start()

@@ -138,8 +138,9 @@ def test_text_turn(mm_server: Any) -> None:
     run(main())
 
 
-def test_session_max_output_tokens_caps_the_reply(mm_server: Any) -> None:
+def test_session_max_output_tokens_caps_the_reply(llm_server: Any) -> None:
     """session.max_output_tokens = 2 caps the local model at two tokens for this session only."""
+    mm_server = llm_server
     async def reply(c: RealtimeClient) -> tuple[int, str]:
         await c.send_text("Tell me about your opening hours and the service desk.")
         evs = await collect_until(c, "response.done")
@@ -276,7 +277,19 @@ def test_astronaut_face_presence(mm_server: Any) -> None:
     run(main())
 
 
-def test_response_cancel(mm_server: Any) -> None:
+@pytest.fixture(scope="module")
+def llm_server() -> Any:
+    """The real pipeline with the local language model streaming its replies token by token, for
+    the tests that interrupt a reply while it streams: the dialogue manager is off (with it the
+    default grounded responder answers at once, and a model's text is sent in verified
+    sentences — tests/test_dialogue.py — so there is little left to interrupt)."""
+    srv = start_server(agent={"responder": {"kind": "local"}, "dialogue": {"enabled": False}})
+    yield srv
+    srv.stop()
+
+
+def test_response_cancel(llm_server: Any) -> None:
+    mm_server = llm_server
     """response.cancel ends the active response as cancelled; a second cancel has nothing to cancel."""
     async def main() -> None:
         async with RealtimeClient(mm_server.ws_url) as c:
@@ -294,8 +307,9 @@ def test_response_cancel(mm_server: Any) -> None:
     run(main())
 
 
-def test_barge_in_cancels_streaming_reply(mm_server: Any) -> None:
+def test_barge_in_cancels_streaming_reply(llm_server: Any) -> None:
     """Speech that starts while a reply streams cancels it (turn_detected) and the stored turn says so."""
+    mm_server = llm_server
     x, sr = synth_speech("Stop, please wait a moment.", sample_rate=24000)
     pcm = np.concatenate([x, np.zeros(sr, np.float32)])
 
@@ -610,8 +624,11 @@ def test_client_reconnects_and_resumes(mm_server: Any) -> None:
 
 @pytest.fixture(scope="module")
 def short_reply_server() -> Any:
-    """The real pipeline with replies capped at 8 tokens (the local LLM generates one reply at a time)."""
-    srv = start_server(agent={"responder": {"local": {"max_new_tokens": 8}}})
+    """The real pipeline with replies capped at 8 tokens (the local LLM generates one reply at a time).
+    Admission control off (max_waiting_turns 0): the 20 turns of its test all wait and all complete;
+    shedding them is tested in tests/test_server_hardening.py."""
+    srv = start_server(agent={"responder": {"kind": "local", "local": {"max_new_tokens": 8}}},
+                       pipeline={"max_waiting_turns": 0})
     yield srv
     srv.stop()
 
@@ -655,8 +672,9 @@ def test_twenty_sessions_complete_while_one_floods(short_reply_server: Any) -> N
     assert pcm16(np.zeros(2, np.float32)) == b"\x00" * 4
 
 
-def test_disconnect_cancels_the_turn(mm_server: Any) -> None:
+def test_disconnect_cancels_the_turn(llm_server: Any) -> None:
     """A client that disconnects mid-reply: its session is dropped and the agent stores the turn as cancelled."""
+    mm_server = llm_server
     async def main() -> str:
         c = RealtimeClient(mm_server.ws_url, reconnect=False)
         await c.connect()

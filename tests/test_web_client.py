@@ -112,7 +112,10 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _web_server(state_dir: Path, port: int = 0) -> Any:
     """The real server (tests/conftest.py's start_server: models shared in this process), with a token."""
-    return start_server(tokens=[TOKEN], state_dir=str(state_dir), port=port)
+    # the local model streaming token by token: the page's tests stop replies while they stream
+    # (the default grounded responder answers at once)
+    return start_server(tokens=[TOKEN], state_dir=str(state_dir), port=port,
+                        agent={"responder": {"kind": "local"}, "dialogue": {"enabled": False}})
 
 
 @pytest.fixture(scope="module")

@@ -70,6 +70,10 @@ class ResponderRequest:
     # A per-reply cap on generated tokens (e.g. a server session's max_output_tokens); the
     # responder's own configured limit applies as well. None: only the responder's limit.
     max_tokens: int | None = None
+    # The dialogue manager's answer composed from the selected facts ('' without it), and
+    # whether ``hits`` are the facts it selected (not a plain retrieval).
+    composed: str = ""
+    selected: bool = False
 
 
 class Responder(Protocol):

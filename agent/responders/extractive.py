@@ -24,7 +24,14 @@ class ExtractiveResponder:
 
     @staticmethod
     def answer(request: ResponderRequest) -> str:
-        """The reply text: the best relevant entry, or the pack's no-information message."""
+        """The reply text: the best relevant entry (with the dialogue manager: the text of every
+        selected entry), or the pack's no-information message."""
+        if request.selected and request.hits:
+            texts: list[str] = []
+            for h in request.hits:
+                if h.entry.text not in texts:
+                    texts.append(h.entry.text)
+            return " ".join(texts)
         if request.hits:
             return request.hits[0].entry.text
         return request.pack.messages["no_information"]

@@ -169,8 +169,9 @@ class AudioInput:
     def pending_s(self) -> float:
         return self.detector.pending_s if self.detector is not None else self.manual_len / self.rate
 
-    def accept(self, raw: bytes, event_id: str | None) -> np.ndarray:
-        """Decode one append and charge it to the budgets; the PCM16 samples (maybe empty)."""
+    def accept(self, raw: bytes, event_id: str | None, *, queued_s: float = 0.0) -> np.ndarray:
+        """Decode one append and charge it to the budgets; the PCM16 samples (maybe empty).
+        ``queued_s``: audio of items that wait for the same response (counted as buffered)."""
         pcm = decode_audio(raw, self.format, event_id=event_id)
         if not len(pcm):
             return pcm
@@ -182,7 +183,7 @@ class AudioInput:
             raise ProtocolError("audio_rate_exceeded",
                                 f"audio arrives faster than max_audio_seconds_per_s ({self.budget.rate:g} s per "
                                 f"second, burst {self.budget.burst:g} s); chunk dropped", event_id=event_id)
-        if self.pending_s + seconds > self.max_pending_s:
+        if self.pending_s + queued_s + seconds > self.max_pending_s:
             raise ProtocolError("audio_buffer_full", f"buffered audio would exceed max_pending_audio_s "
                                 f"({self.max_pending_s:g} s); chunk dropped", event_id=event_id)
         self.received += len(pcm)

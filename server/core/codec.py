@@ -14,7 +14,7 @@ from typing import Any
 from server import protocol as P
 from server.core import events as E
 from server.core.settings import parse_instructions, parse_max_output_tokens
-from server.errors import ProtocolError
+from server.errors import ProtocolError, client_message
 
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 MAX_METADATA_KEYS = 16
@@ -23,14 +23,21 @@ MAX_METADATA_KEYS = 16
 class Codec:
     """Decode client messages with this server's limits; encode server events."""
 
-    def __init__(self, *, max_text_chars: int = 4000, new_event_id: Callable[[], str] | None = None) -> None:
+    def __init__(self, *, max_text_chars: int = 4000, new_event_id: Callable[[], str] | None = None,
+                 max_decoded_pixels: int | None = None) -> None:
         self.max_text_chars = max_text_chars
+        # Set: every image's header is read here and one that would decode to more pixels is
+        # refused before it is buffered or queued for a model (image_too_large).
+        self.max_decoded_pixels = max_decoded_pixels
         self._new_id = new_event_id or (lambda: P.new_id("evt"))
 
     # ---- server → client ------------------------------------------------------------------
 
     def to_json(self, ev: E.ServerEvent) -> dict[str, Any]:
-        return {"type": ev.type, "event_id": self._new_id(), **ev.fields()}
+        out = {"type": ev.type, "event_id": self._new_id(), **ev.fields()}
+        if isinstance(ev, E.ErrorEvent | E.TranscriptionFailed | E.ResponseDone):
+            _scrub_errors(out, 4)
+        return out
 
     def encode(self, ev: E.ServerEvent) -> str:
         return json.dumps(self.to_json(ev), separators=(",", ":"), ensure_ascii=False)
@@ -67,7 +74,7 @@ class Codec:
                 else:
                     b64 = _get(raw, "image", str, eid, required=True)
                     payload = P.decode_base64(b64, code="invalid_image", path="image", event_id=eid)
-            check_image(payload, eid, "image")
+            self.check_image(payload, eid, "image")
             return E.ImageAppend(eid, payload)
         if t == "conversation.item.create":
             item = self.item(_get(raw, "item", dict, eid, required=True), "item", eid)
@@ -178,7 +185,7 @@ class Codec:
             elif ptype == "input_image":
                 url = _get(part, "image_url", str, eid, path=ppath + ".image_url", required=True)
                 data = P.decode_image_url(url, path=ppath + ".image_url", event_id=eid)
-                check_image(data, eid, ppath + ".image_url")
+                self.check_image(data, eid, ppath + ".image_url")
                 images.append(data)
                 types.append("input_image")
             else:
@@ -192,6 +199,25 @@ class Codec:
         return E.NewItem("message", id=item_id, role=role, texts=tuple(texts), images=tuple(images),  # type: ignore[arg-type]
                          audios=tuple(audios), part_types=tuple(types))
 
+    def check_image(self, data: bytes, eid: str | None, param: str) -> None:
+        check_image(data, eid, param)
+        if self.max_decoded_pixels is None:
+            return
+        from perception.errors import ImageTooLargeError, InvalidImageError
+        from perception.images import probe_decoded_pixels
+
+        try:
+            fmt, width, height, pixels = probe_decoded_pixels(data)
+        except ImageTooLargeError:
+            raise ProtocolError("image_too_large", "the image has too many pixels", param=param,
+                                event_id=eid) from None
+        except InvalidImageError as exc:
+            raise ProtocolError("invalid_image", str(exc), param=param, event_id=eid) from None
+        if pixels > self.max_decoded_pixels:
+            raise ProtocolError("image_too_large", f"the {fmt} image is {width}x{height}: it would decode to "
+                                f"{pixels:,} pixels, over max_decoded_pixels ({self.max_decoded_pixels:,})",
+                                param=param, event_id=eid)
+
     def _text(self, text: str, path: str, eid: str | None, *, allow_empty: bool = False) -> str:
         if not allow_empty and not text.strip():
             raise ProtocolError("invalid_text", "text must not be empty", param=path, event_id=eid)
@@ -199,6 +225,18 @@ class Codec:
             raise ProtocolError("text_too_long", f"text of {len(text)} characters is over max_text_chars "
                                 f"({self.max_text_chars})", param=path, event_id=eid)
         return text
+
+
+def _scrub_errors(obj: dict[str, Any], depth: int) -> None:
+    """Every ``{"code", "message"}`` error object in an outgoing event gets a message written
+    for people (:func:`server.errors.client_message`): the one boundary all errors pass."""
+    code, message = obj.get("code"), obj.get("message")
+    if isinstance(code, str) and isinstance(message, str):
+        obj["message"] = client_message(code, message)
+    if depth > 0:
+        for value in obj.values():
+            if isinstance(value, dict):
+                _scrub_errors(value, depth - 1)
 
 
 def check_image(data: bytes, eid: str | None, param: str) -> None:

@@ -55,6 +55,7 @@ from server.core.items import ConversationLog, Item, Part
 from server.core.pipeline import (
     Frame,
     Heard,
+    InFlight,
     PipelineContext,
     TurnInput,
     error,
@@ -131,6 +132,7 @@ class Turn:
     oob: bool = False                          # an out-of-band response (conversation "none")
     task: asyncio.Task[Any] | None = None      # the response's pipeline
     timeout: Timer | None = None
+    inline_audio_s: float = 0.0                # audio of its conversation.item.create items
 
     def to(self, state: TurnState) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -328,7 +330,8 @@ class Conversation:
         """Decode and admit one append; the samples and the detector that must process them
         (None: buffered for a manual commit). The connection runs ``detector.process`` in a
         worker thread, then calls :meth:`detected`."""
-        pcm = self.audio.accept(ev.audio, ev.event_id)
+        pcm = self.audio.accept(ev.audio, ev.event_id,
+                                queued_s=self.input.inline_audio_s if self.input is not None else 0.0)
         if self.audio.detector is None:
             self.audio.buffer(pcm)
             return pcm, None
@@ -398,7 +401,7 @@ class Conversation:
         spec = turn.speculation = Speculation(token, self.rt.spawn(speculate(), name="speculate"), frames)
         td = self.settings.turn_detection
         if (self.config.vad.preemptive_response and td is not None and td.create_response and self.active is None
-                and not self.queue and turn.input.empty()):
+                and not self.queue and turn.input.empty() and not self._busy()):
             spec.gate = SpeculationGate(token, self._emit)
             r = spec.response = self._new_response(emit=spec.gate.emit, control=TurnControl(
                 instructions=self._instructions(None)), user_item_id=turn.speech_item_id)
@@ -647,10 +650,7 @@ class Conversation:
             return
         audios = [decode_audio(a, self.settings.input_format, event_id=eid, param="item.content.audio")
                   for a in new.audios]
-        seconds = sum(len(a) for a in audios) / self.audio.rate
-        if seconds > self.limits.max_pending_audio_s:
-            raise ProtocolError("audio_buffer_full", f"audio over max_pending_audio_s "
-                                f"({self.limits.max_pending_audio_s:g} s)", param="item.content", event_id=eid)
+        seconds = self._admit_inline(audios, len(new.images), eid, "item.content", pending=True)
         parts, ti = [], 0
         for ptype in new.part_types:
             if ptype == "input_text":
@@ -663,6 +663,7 @@ class Conversation:
         item = Item(id=item_id, type="message", role="user", content=parts)
         self._add_item(item, ev)
         turn = self.input or self._open_input()
+        turn.inline_audio_s += seconds
         turn.input.texts.extend(new.texts)
         turn.input.images.extend(new.images)
         turn.input.item_ids.append(item_id)
@@ -671,6 +672,41 @@ class Conversation:
             heard = Heard(item_id, task)
             turn.input.heard.append(heard)
             self.rt.spawn(self._transcribed(turn, item, heard), name="transcript")
+
+    def _admit_inline(self, audios: list[np.ndarray], images: int, eid: str | None, param: str, *,
+                      pending: bool) -> float:
+        """Audio and images sent inside an item (or ``response.input``) pass the same limits as
+        the append events: audio seconds come out of the session's audio budget
+        (``max_audio_seconds_per_s`` with its burst), images out of its frame budget
+        (``max_frames_per_s``); when ``pending`` (an item that waits for a response), what waits
+        unanswered in the input turn counts against ``max_pending_audio_s`` (with the audio
+        buffer) and ``max_pending_images``. All or nothing: a refused item takes nothing from the
+        budgets. Returns the audio seconds admitted (the caller adds them to the input turn)."""
+        lim = self.limits
+        turn = self.input if pending else None
+        queued_s = turn.inline_audio_s if turn is not None else 0.0
+        queued_images = len(turn.input.images) if turn is not None else 0
+        seconds = sum(len(a) for a in audios) / self.audio.rate
+        if seconds > lim.max_pending_audio_s:
+            raise ProtocolError("audio_buffer_full", f"audio over max_pending_audio_s ({lim.max_pending_audio_s:g} s)",
+                                param=param, event_id=eid)
+        if pending and seconds and self.audio.pending_s + queued_s + seconds > lim.max_pending_audio_s:
+            raise ProtocolError("audio_buffer_full", "unanswered audio would exceed max_pending_audio_s "
+                                f"({lim.max_pending_audio_s:g} s); item dropped", param=param, event_id=eid)
+        if images and queued_images + images > lim.max_pending_images:
+            raise ProtocolError("too_many_images", f"more than max_pending_images ({lim.max_pending_images}) "
+                                "images would wait for one response; item dropped", param=param, event_id=eid)
+        budget = self.audio.budget
+        if seconds and not budget.can_take(seconds):
+            raise ProtocolError("audio_rate_exceeded", f"audio arrives faster than max_audio_seconds_per_s "
+                                f"({budget.rate:g} s per second, burst {budget.burst:g} s); item dropped",
+                                param=param, event_id=eid)
+        if images and not self.frame_bucket.can_take(images):
+            raise ProtocolError("frame_rate_exceeded", f"images arrive faster than max_frames_per_s "
+                                f"({lim.max_frames_per_s:g}); item dropped", param=param, event_id=eid)
+        budget.take(seconds)
+        self.frame_bucket.take(images)
+        return seconds
 
     def _add_item(self, item: Item, ev: E.ItemCreate) -> None:
         prev = self.log.add(item, after=ev.previous_item_id, event_id=ev.event_id)
@@ -801,11 +837,12 @@ class Conversation:
                 call = self.log.find_call(it.call_id or "")
                 inp.tool_results.append(ToolResult(it.call_id or "", call.name if call else None, it.output or ""))
             elif it.kind == "message" and it.role == "user":
+                audios = [decode_audio(a, self.settings.input_format, event_id=eid) for a in it.audios]
+                self._admit_inline(audios, len(it.images), eid, f"response.input[{i}].content", pending=False)
                 inp.texts.extend(it.texts)
                 inp.images.extend(it.images)
-                if it.audios:
-                    audio = np.concatenate([decode_audio(a, self.settings.input_format, event_id=eid)
-                                            for a in it.audios])
+                if audios:
+                    audio = np.concatenate(audios)
                     inp.heard.append(Heard("", self.rt.spawn(self._transcribe(audio, self.audio.rate),
                                                              name="transcribe")))
         if inp.empty():
@@ -845,8 +882,31 @@ class Conversation:
             self.input = None
         self._queue_turn(turn)
 
+    def _busy(self) -> bool:
+        limit = self.config.pipeline.max_waiting_turns
+        return limit > 0 and self.engine.turns_in_flight >= limit
+
+    def _shed(self, turn: Turn) -> None:
+        """Admission control: too many turns wait for the model. This one is refused now with
+        server_busy and a retry hint instead of waiting behind them; what it would have
+        answered stays pending (a later response.create answers it)."""
+        waiting = self.engine.turns_in_flight
+        retry_ms = int(min(10_000, max(250, 1000 * self.metrics.first_delta_s)))
+        self.metrics.turns_shed.inc(reason="max_waiting_turns")
+        if turn.response is not None:
+            turn.response.control.abandon()
+        self._emit(E.ErrorEvent("server_busy", f"the server is busy ({waiting} turns are waiting for the model); "
+                                f"try again in {retry_ms} ms", P.ERROR_TYPES["server_busy"],
+                                retry_after_ms=retry_ms))
+        turn.response = None
+        self._requeue_input(turn)
+        turn.to(S.DONE)
+
     def _queue_turn(self, turn: Turn) -> None:
         turn.to(S.QUEUED)
+        if self.active is None and self._busy():
+            self._shed(turn)
+            return
         if self.active is None:
             self._begin(turn)
         else:
@@ -859,14 +919,18 @@ class Conversation:
             self._mark_answered(turn)
         if turn.input.frames is None:
             turn.input.frames = self._turn_frames()
-        turn.task = self.rt.spawn(self._respond(turn, turn.response, turn.input), name="respond")
+        # Counted among the waiting turns now, not when its task first runs: admission control
+        # sees every turn admitted in the same tick.
+        waiting = InFlight(self.engine, self.metrics)
+        turn.task = self.rt.spawn(self._respond(turn, turn.response, turn.input, waiting), name="respond")
+        turn.task.add_done_callback(lambda _task: waiting.release())   # also if cancelled before it ran
 
     def _mark_answered(self, turn: Turn) -> None:
         for iid in turn.input.item_ids:
             if iid in self.log:
                 self.log.get(iid).answered = True
 
-    async def _respond(self, turn: Turn, r: Response, inp: TurnInput) -> None:
+    async def _respond(self, turn: Turn, r: Response, inp: TurnInput, waiting: InFlight | None = None) -> None:
         def started() -> None:
             if turn.state is S.QUEUED:
                 turn.to(S.RESPONDING)
@@ -875,7 +939,7 @@ class Conversation:
                 self._arm_timeout(turn, r)
 
         try:
-            await run_response(self.ctx, r, inp, max_tokens=r.max_output_tokens, on_started=started)
+            await run_response(self.ctx, r, inp, max_tokens=r.max_output_tokens, on_started=started, waiting=waiting)
             if r.status == "cancelled" and r.heard_chars is not None and r.turn and r.control.keeps:
                 heard = "".join(r.text)[: r.heard_chars]
                 await self.engine.revise_turn(self.agent_session, r.turn["turn_id"], reply=heard)

@@ -174,10 +174,14 @@ class ErrorEvent(ServerEvent):
     error_type: str
     param: str | None = None
     event_id: str | None = None   # the client event that caused it
+    retry_after_ms: int | None = None   # server_busy: when to try again
 
     def fields(self) -> Json:
-        return {"error": {"type": self.error_type, "code": self.code, "message": self.message,
-                          "param": self.param, "event_id": self.event_id}}
+        err: Json = {"type": self.error_type, "code": self.code, "message": self.message,
+                     "param": self.param, "event_id": self.event_id}
+        if self.retry_after_ms is not None:
+            err["retry_after_ms"] = self.retry_after_ms
+        return {"error": err}
 
 
 @dataclass(frozen=True)

@@ -74,17 +74,25 @@ class TurnInput:
 
 
 class InFlight:
-    """Counts one turn in ``engine.turns_in_flight`` from its end of input to its first delta."""
+    """Counts one turn in ``engine.turns_in_flight`` from its end of input to its first delta
+    (``/metrics``: ``mmagent_turns_waiting``; the wait feeds the server_busy retry hint)."""
 
-    def __init__(self, engine: ModelEngine) -> None:
-        self.engine = engine
+    def __init__(self, engine: ModelEngine, metrics: Metrics | None = None) -> None:
+        self.engine, self.metrics = engine, metrics
+        self.t0 = time.perf_counter()
         engine.turns_in_flight += 1
         self.counted = True
+        if metrics is not None:
+            metrics.turns_waiting.set(engine.turns_in_flight)
 
-    def release(self) -> None:
+    def release(self, *, first_delta: bool = False) -> None:
         if self.counted:
             self.counted = False
             self.engine.turns_in_flight -= 1
+            if self.metrics is not None:
+                self.metrics.turns_waiting.set(self.engine.turns_in_flight)
+                if first_delta:
+                    self.metrics.note_first_delta(time.perf_counter() - self.t0)
 
 
 @dataclass
@@ -113,10 +121,11 @@ def turn_text(texts: Sequence[str], speech: Sequence[SpeechEncoding]) -> str:
 
 
 async def run_response(ctx: PipelineContext, r: Response, inp: TurnInput, *, max_tokens: int | None,
-                       on_started: Callable[[], None]) -> None:
+                       on_started: Callable[[], None], waiting: InFlight | None = None) -> None:
     """Answer ``inp`` onto ``r``: response.created … response.done. ``on_started`` runs right
-    after response.created (the conversation commits a shown turn and arms its timeout)."""
-    waiting = InFlight(ctx.engine)
+    after response.created (the conversation commits a shown turn and arms its timeout).
+    ``waiting``: the turn's count among the waiting turns, when the caller took it already."""
+    waiting = waiting or InFlight(ctx.engine, ctx.metrics)
     try:
         await _run(ctx, r, inp, max_tokens, on_started, waiting)
     finally:
@@ -194,7 +203,7 @@ async def _run(ctx: PipelineContext, r: Response, inp: TurnInput, max_tokens: in
             elif isinstance(ev, TextDeltaEvent):
                 if first is None:
                     first = time.perf_counter()
-                    waiting.release()
+                    waiting.release(first_delta=True)
                     m.stage.observe(first - t_respond, stage="first_delta")
                 r.text_delta(ev.delta)
                 if r.audio and engine.voice is not None:
