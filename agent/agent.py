@@ -55,7 +55,7 @@ from .prompt import Prompt, build_prompt
 from .responders import CancelToken, LocalLLM, Responder, ResponderRequest, ToolCall, build_responder
 from .retrieval import Retrieved, Retriever
 from .session import Session, TurnRecord, new_turn_id
-from .store import SessionStore
+from .store_api import SessionStoreProtocol, open_store
 from .verify import Verifier, split_sentences
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Agent:
     """
 
     def __init__(self, config: AgentConfig, *, pack: KnowledgePack, perception: Any, fusion: Any | None,
-                 responder: Responder, store: SessionStore | None, retriever: Retriever) -> None:
+                 responder: Responder, store: SessionStoreProtocol | None, retriever: Retriever) -> None:
         self.config = config
         self.pack = pack
         self.perception = perception
@@ -144,7 +144,7 @@ class Agent:
     @classmethod
     def from_config(cls, config: AgentConfig | None = None, *, perception: Any, fusion: Any | None = None,
                     responder: Responder | None = None, llm: LocalLLM | None = None,
-                    store: SessionStore | None = None, use_store: bool = True) -> Agent:
+                    store: SessionStoreProtocol | None = None, use_store: bool = True) -> Agent:
         """Load the pack, embed its entries, build the responder and open the store.
 
         ``llm`` shares an already-loaded local model; ``store`` an open store (else one is
@@ -156,8 +156,7 @@ class Agent:
         if responder is None:
             responder = build_responder(config.responder, llm=llm)
         if store is None and use_store:
-            sc = config.store
-            store = SessionStore(sc.resolved_path(), retention_days=sc.retention_days, store_media=sc.store_media)
+            store = open_store(config.store)   # SQLite file, or PostgreSQL for a postgresql:// store.url
         return cls(config, pack=pack, perception=perception, fusion=fusion, responder=responder, store=store,
                    retriever=retriever)
 
@@ -182,8 +181,11 @@ class Agent:
         ``create_missing``. Cheap (one indexed read); call it from a thread if the store is slow."""
         from .errors import SessionError
 
+        # A store shared by several front ends (PostgreSQL) may hold turns another front end wrote
+        # since this one last saw the session: resume from the store, never from a stale copy.
+        shared = bool(getattr(self.store, "shared", False))
         with self._sessions_lock:
-            if session_id and session_id in self._sessions:
+            if session_id and session_id in self._sessions and not shared:
                 self._sessions.move_to_end(session_id)
                 return self._sessions[session_id]
         if session_id and self.store is not None:

@@ -89,8 +89,8 @@ def register(subparsers: Any) -> None:
                               "they are read from the database the server uses: the --config file's "
                               "agent.store.path, else $MMAGENT_SESSIONS_DB, else <state_dir>/sessions.sqlite3 "
                               "(state_dir: the config's, $MMAGENT_STATE_DIR, or var/ under the working directory).")
-    p.add_argument("--db", help="SQLite session database to read (default: the one `mmagent serve` writes, "
-                   "see above)")
+    p.add_argument("--db", help="session database to read: a SQLite file (default: the one `mmagent serve` "
+                   "writes, see above) or a postgresql:// URL (the shared store of several front ends)")
     p.add_argument("--config", dest="server_config",
                    help="the YAML/JSON file given to `mmagent serve --config`: read its state_dir / agent.store.path")
     sp = p.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
@@ -135,8 +135,11 @@ def _config(args: argparse.Namespace) -> Any:
     if getattr(args, "base_url", None):
         cfg.responder.openai.base_url = args.base_url
     if getattr(args, "db", None):
-        cfg.store.path = args.db
-    elif not cfg.store.path:
+        if args.db.startswith(("postgresql://", "postgres://")):
+            cfg.store.url = args.db
+        else:
+            cfg.store.path = args.db
+    elif not cfg.store.path and not cfg.store.url:
         cfg.store.path = str(_shared_db())   # the server's database: `sessions list` shows these turns
     return cfg.validate()
 
@@ -145,6 +148,20 @@ def _shared_db(server_config: str | None = None) -> Path:
     from server.config import load_config, sessions_db_path
 
     return sessions_db_path(load_config(server_config))
+
+
+def _shared_target(server_config: str | None = None) -> str:
+    """The server's session store: its PostgreSQL URL (``agent.store.url`` or
+    ``$MMAGENT_SESSIONS_URL``) when it has one, else its SQLite file."""
+    import os
+
+    from server.config import load_config
+
+    cfg = load_config(server_config)
+    store = cfg.agent.get("store") if isinstance(cfg.agent, dict) else None
+    url = (store or {}).get("url") if isinstance(store, dict) else None
+    url = url or os.environ.get("MMAGENT_SESSIONS_URL")
+    return str(url) if url else str(_shared_db(server_config))
 
 
 def _build_agent(args: argparse.Namespace, *, use_store: bool = True) -> Any:
@@ -607,8 +624,12 @@ def _store(args: argparse.Namespace) -> Any:
     from agent.config import StoreConfig
     from agent.errors import SessionError
     from agent.store import SessionStore
+    from agent.store_api import is_postgres_url, open_store
 
-    path = Path(args.db) if args.db else _shared_db(args.server_config)
+    target = args.db or _shared_target(args.server_config)
+    if is_postgres_url(target):
+        return open_store(StoreConfig(url=target))
+    path = Path(target)
     if not path.exists():
         # Opening would create an empty database somewhere nobody looks: say where we looked.
         raise SessionError(f"no session database at {path.resolve()} (give --db, or --config of the server)")

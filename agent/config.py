@@ -211,9 +211,12 @@ class PolicyConfig:
 
 @dataclass
 class StoreConfig:
-    """SQLite session store. ``path`` None = ``default_cache_dir() / "sessions.sqlite3"``."""
+    """The session store: SQLite at ``path`` (None = ``default_cache_dir() / "sessions.sqlite3"``),
+    or PostgreSQL when ``url`` is a ``postgresql://`` URL (several front ends share it)."""
 
     path: str | None = None
+    url: str | None = None           # postgresql://user[:password]@host:port/db (env MMAGENT_SESSIONS_URL)
+    pool_size: int = 8               # PostgreSQL: connections per process (turns are written from threads)
     retention_days: float = 30.0     # sessions idle longer are deleted (at open and by expire())
     store_media: bool = False        # keep raw audio / images of each turn
 
@@ -226,6 +229,10 @@ class StoreConfig:
     def validate(self) -> StoreConfig:
         if self.retention_days <= 0:
             raise ConfigError(f"store.retention_days must be > 0, got {self.retention_days}")
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"store.url must be a postgresql:// URL, got {self.url[:40]!r}")
+        if self.pool_size < 1:
+            raise ConfigError(f"store.pool_size must be >= 1, got {self.pool_size}")
         return self
 
 

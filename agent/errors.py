@@ -33,3 +33,9 @@ class SessionError(MMAgentError):
     """An unknown or expired session id."""
 
     code = "session_not_found"
+
+
+class StoreError(MMAgentError):
+    """The session store's server cannot be reached or refused a statement (PostgreSQL)."""
+
+    code = "store_unavailable"

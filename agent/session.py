@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .store import SessionStore
+    from .store_api import SessionStoreProtocol
 
 
 def new_session_id() -> str:
@@ -67,7 +67,7 @@ class Session:
     """
 
     def __init__(self, session_id: str, *, created_at: float | None = None, turns: list[TurnRecord] | None = None,
-                 store: SessionStore | None = None, meta: dict[str, Any] | None = None) -> None:
+                 store: SessionStoreProtocol | None = None, meta: dict[str, Any] | None = None) -> None:
         self.id = session_id
         self.created_at = created_at if created_at is not None else time.time()
         self.turns: list[TurnRecord] = list(turns or [])

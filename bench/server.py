@@ -15,6 +15,10 @@ for N = 1, 8, 32 with micro-batching on, then off; the server runs in a subproce
 (``mmagent serve``). Writes ``artifacts/bench_server.json`` and prints a table.
 
     .venv/bin/python bench/server.py [--n 1 8 32] [--turns 2] [--max-new-tokens 32]
+
+``--url ws://host:port/v1/realtime`` runs the same load against servers already running there
+(e.g. the balanced setup of bench/scale_out.py: HAProxy, front ends, Ray Serve, PostgreSQL);
+the server-side columns (RSS, stages, prompt tokens) are then left empty.
 """
 
 from __future__ import annotations
@@ -110,7 +114,7 @@ class ServerProcess:
             if not line:
                 raise RuntimeError("server exited:\n" + "".join(self.log[-30:]))
             self.log.append(line)
-            m = re.search(r"WebSocket endpoint: (\S+)", line)
+            m = re.search(r"WebSocket (?:endpoint: )?(ws://[^\s);]+)", line)   # "serving on …" / "ready …" lines
             if m:
                 self.ws_url = m.group(1)
                 break
@@ -323,6 +327,8 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=24, help="reply length cap of the local LLM")
     ap.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"], help="micro-batching")
     ap.add_argument("--out", default=str(REPO / "artifacts" / "bench_server.json"))
+    ap.add_argument("--url", help="load servers already running at this WebSocket URL instead of starting them")
+    ap.add_argument("--label", default="external", help="the runs' name in the table with --url")
     args = ap.parse_args()
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng and sox are needed (scripts/setup.sh)")
@@ -334,6 +340,8 @@ def main() -> int:
                                           "max_new_tokens": args.max_new_tokens,
                                           "cpu_count": os.cpu_count(), "machine": os.uname().machine},
                                "runs": {}}
+    if args.url:
+        return _external(args, voices, jpegs, results)
     state = tempfile.mkdtemp(prefix="mmagent-bench-")
     # Both servers stay up and the modes alternate for each N, so that load from other jobs on a
     # shared machine falls on both alike.
@@ -370,6 +378,32 @@ def main() -> int:
                            "speech_p50_off_over_on": _ratio(off["speech_first_delta_ms"]["p50"],
                                                             on["speech_first_delta_ms"]["p50"])})
         results["batching_ratio"] = ratios
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print_table(results)
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+def run_external(url: str, label: str, ns: list[int], turns: int, n1_turns: int, arrivals: list[str],
+                 stagger_s: float, voices: list[Any], jpegs: list[bytes]) -> list[dict[str, Any]]:
+    """The load plan against servers already running at ``url`` (client-side numbers only)."""
+    out = []
+    plan = [(k, a) for k in ns for a in (["burst"] if k == 1 else arrivals)]
+    for n, arrival in plan:
+        load = os.getloadavg()[0]
+        r = asyncio.run(run_load(url, n, n1_turns if n == 1 else turns, voices, jpegs, arrival, stagger_s))
+        r.update({"batching": label, "server_peak_rss_mb": None, "server_stages": {}, "prompt_tokens": {},
+                  "loadavg_1m_before": round(load, 2)})
+        print(json.dumps(r), flush=True)
+        out.append(r)
+    return out
+
+
+def _external(args: argparse.Namespace, voices: list[Any], jpegs: list[bytes], results: dict[str, Any]) -> int:
+    results["config"]["url"] = args.url
+    results["runs"][args.label] = run_external(args.url, args.label, args.n, args.turns, args.n1_turns,
+                                               args.arrival, args.stagger_s, voices, jpegs)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print_table(results)

@@ -24,6 +24,7 @@ Each layer adds its own subclasses in its own ``errors`` module, always below th
     ├── agent.errors.ResponderError   "responder_failed"      LLM backend failed / timed out
     ├── agent.errors.ActionError      "invalid_action"        action arguments fail the schema
     ├── agent.errors.SessionError     "session_not_found"     unknown or expired session id
+    ├── agent.errors.StoreError       "store_unavailable"     PostgreSQL session store unreachable
     └── server.errors.ProtocolError   (one code per wire problem; see docs/protocol.md)
 
 Messages name the problem and, where one applies, the limit that was exceeded.

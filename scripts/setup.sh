@@ -15,6 +15,12 @@ need_apt=()
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || need_apt+=(sox)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+# The scale-out test (tests/test_scale.py): PostgreSQL 15 for sessions, HAProxy in front
+# (MMAGENT_SKIP_SCALE_DEPS=1 skips them, e.g. in the deploy/Dockerfile image, which runs neither).
+if [ "${MMAGENT_SKIP_SCALE_DEPS:-0}" != "1" ]; then
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+fi
 if [ "${MMAGENT_SKIP_BROWSER:-0}" != "1" ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v node >/dev/null 2>&1 || need_apt+=(nodejs)   # the web client's unit tests (tests/web/)

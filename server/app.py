@@ -29,7 +29,7 @@ from server.auth import load_key, principal_of, request_allowed
 from server.config import ServerConfig, _is_local
 from server.connection import Connection
 from server.core.pipeline import error as error_event
-from server.engine import LocalEngine, ModelEngine
+from server.engine import ModelEngine, make_engine
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.engine: ModelEngine = LocalEngine(config, self.metrics)
+        self.engine: ModelEngine = make_engine(config, self.metrics)
         # Turn detection (the VAD on each audio chunk) gets its own thread so it never waits
         # behind a model call.
         self.light_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
@@ -69,6 +69,10 @@ class Server:
         self._pack_name = Path(config.pack).name if config.pack else None
         self._server: Any = None
         self.port = config.port
+        # Draining (SIGTERM): /healthz says 503 so the balancer sends no new sessions here, new
+        # WebSocket upgrades get 503 (the balancer retries another front end), and each open
+        # session is closed with 1012 once its turns in flight are done.
+        self.draining = False
 
     @property
     def pack_name(self) -> str | None:
@@ -99,6 +103,32 @@ class Server:
             log.info("token #%d owns its sessions as principal %s", i,
                      principal_of(token, self._principal_key, tokens_configured=True))
         log.info("serving on %s (WebSocket %s)", self.url, self.ws_url)
+
+    async def drain(self, timeout_s: float | None = None) -> dict[str, int]:
+        """Stop taking sessions and close the open ones with 1012 ("service restart"), each as soon
+        as it has no turn in flight; after ``timeout_s`` (default ``limits.drain_timeout_s``) the
+        rest are closed too (their turns are stopped and stored as cancelled, as on a disconnect).
+        Return how many sessions closed idle and how many were cut at the deadline."""
+        self.draining = True
+        limit = self.config.limits.drain_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        closed: dict[str, int] = {"idle": 0, "cut": 0}
+        tasks: list[asyncio.Task[None]] = []
+        while True:
+            open_now = [c for c in self.sessions.values() if not c.closed]
+            late = time.monotonic() >= deadline
+            for conn in open_now:
+                if late or not conn.busy:
+                    closed["cut" if conn.busy else "idle"] += 1
+                    tasks.append(asyncio.get_running_loop().create_task(conn.close_for_restart()))
+            if late or not open_now:
+                break
+            await asyncio.sleep(0.05)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("drained: %d sessions closed after their turns, %d cut at the %.0f s deadline",
+                 closed["idle"], closed["cut"], limit)
+        return closed
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -133,13 +163,18 @@ class Server:
                        "this Origin is not allowed (loopback origins only, or those in allowed_origins)")
             return _json_response(403, {"error": {"code": refused, "message": message}})
         if upgrade:
+            if self.draining:
+                return _json_response(503, {"error": {"code": "server_draining",
+                                                      "message": "this front end is shutting down; retry"}})
             if path not in P.WS_PATHS:
                 return _json_response(404, {"error": {"code": "not_found", "message": f"no WebSocket at {path}"}})
             return None
         if path == "/healthz":
-            return _json_response(200, {"status": "ok", "sessions": len(self.sessions),
-                                        "models_loaded": self.engine.loaded,
-                                        "protocol_version": P.PROTOCOL_VERSION})
+            # 200 while this front end takes new sessions, 503 while it drains (the balancer's check).
+            return _json_response(503 if self.draining else 200, {
+                "status": "draining" if self.draining else "ok", "ready": not self.draining,
+                "sessions": len(self.sessions), "models_loaded": self.engine.loaded,
+                "protocol_version": P.PROTOCOL_VERSION})
         if path == "/metrics":
             return _response(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/pack/kiosk.json":

@@ -13,7 +13,7 @@ import os
 import sys
 
 # Subcommand providers, bottom layer first. Each module has register(subparsers) -> None.
-_PROVIDERS = ("perception.cli", "fusion.cli", "agent.cli", "server.serve_cli")
+_PROVIDERS = ("perception.cli", "fusion.cli", "agent.cli", "server.serve_cli", "server.serving.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

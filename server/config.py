@@ -47,6 +47,7 @@ class LimitsConfig:
     max_sessions: int = 64
     max_sessions_per_token: int = 16
     max_errors_per_10s: int = 100
+    drain_timeout_s: float = 20.0           # on SIGTERM, turns in flight get this long to finish
 
 
 @dataclass
@@ -113,6 +114,36 @@ class PipelineConfig:
 
 
 @dataclass
+class DeploymentConfig:
+    """One model's Ray Serve deployment (``engine: ray``; docs/deploy.md)."""
+
+    num_replicas: int = 1             # replicas at start (the minimum when autoscaling)
+    max_replicas: int = 0             # > num_replicas: autoscale between the two on queued requests
+    target_ongoing_requests: float = 8.0   # autoscaling: requests in flight per replica to aim for
+    max_batch_size: int = 16          # @serve.batch: calls of all front ends in one forward pass
+    batch_wait_ms: float = 5.0        # ... waiting at most this long for the batch to fill
+    num_cpus: float = 1.0             # Ray resources per replica
+    num_gpus: float = 0.0
+
+
+@dataclass
+class ServingConfig:
+    """Where the models run: ``local`` (in this process, the default) or ``ray`` (Ray Serve
+    deployments started by ``mmagent models serve``, shared by every front end)."""
+
+    engine: str = "local"
+    address: str = "auto"             # the Ray cluster (``auto``: the one running on this machine)
+    namespace: str = "mmagent"
+    app_prefix: str = "mmagent-"      # applications: <prefix>text, <prefix>speech, <prefix>vision
+    text: DeploymentConfig = field(default_factory=DeploymentConfig)
+    speech: DeploymentConfig = field(default_factory=lambda: DeploymentConfig(max_batch_size=4))
+    vision: DeploymentConfig = field(default_factory=lambda: DeploymentConfig(max_batch_size=8))
+    # The local language model (agent.responder.kind: local); batches with its own continuous
+    # batching (agent.responder.local.batching), so max_batch_size / batch_wait_ms do not apply.
+    llm: DeploymentConfig = field(default_factory=DeploymentConfig)
+
+
+@dataclass
 class ServerConfig:
     """Everything ``mmagent serve`` needs; see the README's configuration table."""
 
@@ -134,6 +165,7 @@ class ServerConfig:
     # voice.VoiceConfig fields (a Piper voice by path, speed, threads, ...) and ``enabled``
     # (default true: sessions may ask for output_modalities ["audio"]); docs/voice.md.
     voice: dict[str, Any] = field(default_factory=dict)
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def validate(self) -> ServerConfig:
         """Raise ConfigError naming the first bad value; return self."""
@@ -155,7 +187,7 @@ class ServerConfig:
         if lim.hard_max_message_bytes < lim.max_message_bytes:
             raise ConfigError("limits.hard_max_message_bytes must be >= limits.max_message_bytes")
         for name in ("max_frames_per_s", "max_audio_seconds_per_s", "max_pending_audio_s", "idle_timeout_s",
-                     "frame_window_s", "audio_burst_s", "slow_client_timeout_s"):
+                     "frame_window_s", "audio_burst_s", "slow_client_timeout_s", "drain_timeout_s"):
             if getattr(lim, name) <= 0:
                 raise ConfigError(f"limits.{name} must be > 0")
         for name in ("max_sessions", "max_sessions_per_token", "max_frames_per_turn", "max_errors_per_10s",
@@ -170,6 +202,13 @@ class ServerConfig:
         self.voice_config()        # likewise voice.*
         if self.pipeline.max_waiting_turns < 0:
             raise ConfigError("pipeline.max_waiting_turns must be >= 0 (0 = no limit)")
+        if self.serving.engine not in ("local", "ray"):
+            raise ConfigError(f"serving.engine must be 'local' or 'ray', not {self.serving.engine!r}")
+        for dname in ("text", "speech", "vision", "llm"):
+            d: DeploymentConfig = getattr(self.serving, dname)
+            if d.num_replicas < 1 or d.max_batch_size < 1 or d.batch_wait_ms < 0 or d.num_cpus < 0:
+                raise ConfigError(f"serving.{dname}: num_replicas and max_batch_size must be >= 1, "
+                                  "batch_wait_ms and num_cpus >= 0")
         if self.pipeline.frames_per_turn < 1:
             raise ConfigError("pipeline.frames_per_turn must be >= 1")
         if self.batching.model_threads < 1:
@@ -219,6 +258,11 @@ class ServerConfig:
         if isinstance(responder, dict) and isinstance(responder.get("openai"), dict) \
                 and responder["openai"].get("api_key"):
             responder["openai"] = {**responder["openai"], "api_key": "***"}
+        store = d.get("agent", {}).get("store")
+        if isinstance(store, dict) and isinstance(store.get("url"), str):
+            from agent.store_postgres import _redact
+
+            store["url"] = _redact(store["url"])
         return d
 
 

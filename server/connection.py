@@ -154,6 +154,20 @@ class Connection:
             self.closed = True
             self.ws.transport.abort()
 
+    @property
+    def busy(self) -> bool:
+        """A turn is being answered or waits for its turn (draining waits for these)."""
+        return self.core.active is not None or bool(self.core.queue)
+
+    async def close_for_restart(self) -> None:
+        """Draining: send what is queued, then close with 1012 so the client reconnects (through
+        the balancer, to another front end) and resumes its session there."""
+        if self.closed:
+            return
+        await self._drain()
+        self.closed = True
+        await self.ws.close(P.CLOSE_SERVICE_RESTART, "service_restart")
+
     # ---- reader loop ------------------------------------------------------------------------
 
     async def run(self) -> None:

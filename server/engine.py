@@ -191,7 +191,7 @@ class LocalEngine:
     def _load(self) -> None:
         from server.vad import load_silero
 
-        key = json.dumps([self.config.pack, self.config.pipeline.fusion_checkpoint, self.config.state_dir,
+        key = json.dumps([type(self).__name__, self.config.pack, self.config.pipeline.fusion_checkpoint, self.config.state_dir,
                           self.config.agent, self.config.perception], sort_keys=True, default=str)
         with _MODELS_LOCK:
             if key not in _MODELS:
@@ -220,12 +220,9 @@ class LocalEngine:
     def _build_models(self) -> tuple[Any, Any, Any]:
         from agent import Agent
         from fusion import FusionPredictor
-        from perception import Perception
 
         t0 = time.perf_counter()
-        with loading("perception: text, speech and vision encoders") as step:
-            perception = Perception(self._perception_config())
-            step.detail(", ".join(f"{k} {v:.1f} s" for k, v in perception.warmup().items()) + ", in parallel")
+        perception = self._make_perception()
         fusion: Any = None
         try:
             with loading("fusion core"):
@@ -239,24 +236,27 @@ class LocalEngine:
             fusion = None
         with loading("agent: knowledge pack, retrieval index, language model",
                      hint="the first start converts the language model once, about 20 s"):
-            agent = Agent.from_config(self._agent_config(), perception=perception, fusion=fusion)
+            agent = Agent.from_config(self._agent_config(), perception=perception, fusion=fusion,
+                                      llm=self._make_llm())
             agent.warmup()
         log.info("models loaded in %.1f s", time.perf_counter() - t0)
         return perception, fusion, agent
 
+    def _make_perception(self) -> Any:
+        """The encoders, loaded (in parallel) in this process."""
+        from perception import Perception
+
+        with loading("perception: text, speech and vision encoders") as step:
+            perception = Perception(self._perception_config())
+            step.detail(", ".join(f"{k} {v:.1f} s" for k, v in perception.warmup().items()) + ", in parallel")
+        return perception
+
     def _perception_config(self) -> Any:
-        """The configured perception, its recogniser biased towards the pack's vocabulary unless
-        ``perception.speech_vocabulary`` is set (an empty list there turns the biasing off)."""
-        import dataclasses
+        return perception_config_for(self.config)
 
-        from agent.pack import load_pack
-        from agent.vocabulary import pack_vocabulary
-
-        config = self.config.perception_config()
-        if "speech_vocabulary" in self.config.perception:
-            return config
-        terms = tuple(pack_vocabulary(load_pack(self.config.pack)))
-        return dataclasses.replace(config, speech_vocabulary=terms)
+    def _make_llm(self) -> Any:
+        """The local language model to share (None: the agent builds its own, in process)."""
+        return None
 
     def _agent_config(self) -> Any:
         from agent import AgentConfig
@@ -385,6 +385,30 @@ class LocalEngine:
             await b.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.light_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def perception_config_for(config: ServerConfig) -> Any:
+    """The configured perception, its recogniser biased towards the pack's vocabulary unless
+    ``perception.speech_vocabulary`` is set (an empty list there turns the biasing off)."""
+    import dataclasses
+
+    from agent.pack import load_pack
+    from agent.vocabulary import pack_vocabulary
+
+    pconf = config.perception_config()
+    if "speech_vocabulary" in config.perception:
+        return pconf
+    terms = tuple(pack_vocabulary(load_pack(config.pack)))
+    return dataclasses.replace(pconf, speech_vocabulary=terms)
+
+
+def make_engine(config: ServerConfig, metrics: Metrics) -> ModelEngine:
+    """The engine ``serving.engine`` names: in process (default) or Ray Serve."""
+    if config.serving.engine == "ray":
+        from server.serving.engine import RayEngine
+
+        return RayEngine(config, metrics)
+    return LocalEngine(config, metrics)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

@@ -99,13 +99,22 @@ async def _run(config: Any, t0: float) -> int:
              time.perf_counter() - t0, server.url, token_hint, server.url, token_hint, joiner, server.ws_url)
     log.info("one line per turn follows: session, modalities, intent, latency, outcome, actions (Ctrl-C stops)")
     stop = asyncio.Event()
+    drain = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGTERM (an orchestrator or the balancer's operator): drain, then exit. SIGINT: stop now.
+    for sig, event in ((signal.SIGINT, stop), (signal.SIGTERM, drain)):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, event.set)
         except (NotImplementedError, RuntimeError):
             pass
-    await stop.wait()
+    waits = [loop.create_task(stop.wait()), loop.create_task(drain.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
+    if drain.is_set() and not stop.is_set():
+        log.info("SIGTERM: draining (no new sessions; open ones are told to reconnect after their turns, "
+                 "at most %.0f s)…", config.limits.drain_timeout_s)
+        await server.drain()
     log.info("shutting down…")
     await server.stop()
     return 0

@@ -123,3 +123,25 @@ def piper_speech(tts: object, text: str, sample_rate: int = 16000) -> np.ndarray
     return np.asarray(audio, dtype=np.float32) / 32768.0
 
 # ---- end voice fixtures --------------------------------------------------------------------
+
+# ---- session store fixtures (PostgreSQL) ---------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[object]:
+    """One real PostgreSQL server (temporary data directory, loopback port) for the session."""
+    from tests.pg_server import PostgresServer
+
+    with PostgresServer() as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg_url(pg_server: object, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's PostgreSQL server; its URL."""
+    import re
+    import secrets
+
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + "_" + secrets.token_hex(3)
+    return pg_server.create_database(name)  # type: ignore[attr-defined,no-any-return]
+
+# ---- end session store fixtures ------------------------------------------------------------
