@@ -29,11 +29,9 @@ import json
 import os
 import random
 import re
-import signal
 import socket
 import sqlite3
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +43,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.serve_process import ServeProcess  # noqa: E402
 from server import protocol as P  # noqa: E402
 
 LEAK = re.compile(r"0x[0-9a-fA-F]{6,}|<[^<>]* at 0x|Traceback|File \"|(?:^|[\s'\"(])/(?:[\w.\-]+/)+[\w.\-]*")
@@ -210,40 +209,11 @@ async def fuzz(ws_url: str, n: int = 10_000, *, seed: int = 0, connections: int 
 
 # ---- the server ----------------------------------------------------------------------------------
 
-class ServerProcess:
+class ServerProcess(ServeProcess):
     """``mmagent serve`` in a subprocess with ``config``; ``ws_url``, ``url``, ``rss()``."""
 
     def __init__(self, config: dict[str, Any], state_dir: str, name: str = "rel") -> None:
-        self.state_dir = state_dir
-        cfg = {"port": 0, "state_dir": state_dir, **config}
-        self.cfg_file = Path(state_dir) / f"{name}.json"
-        Path(state_dir).mkdir(parents=True, exist_ok=True)
-        self.cfg_file.write_text(json.dumps(cfg))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(self.cfg_file)],
-                                     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        assert self.proc.stdout is not None
-        self.log: list[str] = []
-        self.ws_url = ""
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("server exited:\n" + "".join(self.log[-30:]))
-            self.log.append(line)
-            m = re.search(r"WebSocket (?:endpoint: )?(ws://[^\s)]+)", line)
-            if m:
-                self.ws_url = m.group(1)
-                break
-        self.url = self.ws_url.split("/v1/")[0].replace("ws://", "http://") + "/"
-        self.port = int(self.url.rstrip("/").rsplit(":", 1)[1])
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line)
+        super().__init__(config, state_dir, name)
 
     def rss_mb(self) -> float:
         import psutil
@@ -256,16 +226,6 @@ class ServerProcess:
     def metrics(self) -> str:
         return urllib.request.urlopen(self.url + "metrics", timeout=10).read().decode()
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
 
 
 def typed(text: str) -> str:

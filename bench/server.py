@@ -43,6 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.serve_process import ServeProcess  # noqa: E402
 from server.client import RealtimeClient  # noqa: E402
 
 RATE = 24000
@@ -83,7 +84,7 @@ def frames() -> list[bytes]:
     return out
 
 
-class ServerProcess:
+class ServerProcess(ServeProcess):
     """``mmagent serve`` in a subprocess on a free port; RSS sampled in a thread."""
 
     def __init__(self, batching: bool, max_new_tokens: int, state_dir: str, prompt_cache: int | None = None,
@@ -97,35 +98,10 @@ class ServerProcess:
             local["prompt_cache_entries"] = prompt_cache
         cfg = {"port": 0, "state_dir": state_dir, "limits": {"max_sessions": 256, "max_sessions_per_token": 256},
                "agent": {"responder": {"local": local}}, "perception": perception}
-        self.cfg_file = Path(state_dir) / f"bench_{'on' if batching else 'off'}.json"
-        self.cfg_file.write_text(json.dumps(cfg))
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--config", str(self.cfg_file)]
-        if not batching:
-            cmd.append("--no-batching")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=env)
-        assert self.proc.stdout is not None
-        self.log: list[str] = []
-        self.ws_url = ""
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("server exited:\n" + "".join(self.log[-30:]))
-            self.log.append(line)
-            m = re.search(r"WebSocket (?:endpoint: )?(ws://[^\s);]+)", line)   # "serving on …" / "ready …" lines
-            if m:
-                self.ws_url = m.group(1)
-                break
-        threading.Thread(target=self._drain, daemon=True).start()
+        super().__init__(cfg, state_dir, f"bench_{'on' if batching else 'off'}",
+                         args=() if batching else ("--no-batching",))
         self.peak_rss = 0
         self._sampling = False
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line)
 
     def sample_rss(self) -> None:
         import psutil
@@ -146,12 +122,6 @@ class ServerProcess:
         time.sleep(0.25)
         return self.peak_rss
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 async def client(url: str, idx: int, turns: int, voices: list[np.ndarray], jpegs: list[bytes],

@@ -4,13 +4,10 @@ subprocess with a given configuration, espeak-ng speech, a real-time sender, mac
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import platform
-import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,49 +17,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.serve_process import ServeProcess  # noqa: E402
 from server.client import RealtimeClient  # noqa: E402
 
 RATE = 24000
 CHUNK_S = 0.02
 
 
-class Server:
+class Server(ServeProcess):
     """``mmagent serve --config`` in a subprocess on a free port (the models load in it)."""
 
     def __init__(self, cfg: dict[str, Any], state_dir: str, name: str) -> None:
-        cfg = {"port": 0, "state_dir": state_dir,
-               "limits": {"max_sessions": 256, "max_sessions_per_token": 256}, **cfg}
-        path = Path(state_dir) / f"{name}.json"
-        path.write_text(json.dumps(cfg))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(path)], cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        assert self.proc.stdout is not None
-        self.log: list[str] = []
-        self.ws_url = ""
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("server exited:\n" + "".join(self.log[-30:]))
-            self.log.append(line)
-            m = re.search(r"WebSocket (?:endpoint: )?(wss?://[\w.:/-]+)", line)   # no colour codes
-            if m:
-                self.ws_url = m.group(1)
-                break
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        super().__init__({"limits": {"max_sessions": 256, "max_sessions_per_token": 256}, **cfg}, state_dir, name)
 
 
 def espeak(text: str, voice: str = "en-us", speed: int = 160) -> np.ndarray:
