@@ -10,7 +10,7 @@ Parts (each against a real ``mmagent serve`` subprocess on localhost, real model
 - ``cross_token``: token B resuming token A's sessions (refused %, timing next to unknown ids)
 - ``bypass``: inline audio / images over the append budgets, an over-budget PNG, a rebinding Host
 - ``sigkill``: SIGKILL mid-turn ×3: SQLite integrity, completed turns stored vs completed, resume
-- ``soak``: N sessions doing typed turns for M seconds: first-delta p95 of admitted turns,
+- ``soak``: N sessions doing mixed typed, spoken (inline espeak-ng audio) and camera (a photo with the question) turns for M seconds: first-delta p95 of admitted turns,
   server_busy latency, turns lost (completed on the client vs stored)
 
 Prints a table and writes ``artifacts/bench_reliability.json``::
@@ -32,6 +32,7 @@ import re
 import socket
 import sqlite3
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -234,6 +235,46 @@ def typed(text: str) -> str:
 
 
 RESPOND = json.dumps({"type": "response.create"})
+
+
+def spoken(pcm16_24k: bytes) -> str:
+    """A spoken turn: the question's audio (PCM16, 24 kHz, the session's input rate) inline."""
+    return json.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user",
+        "content": [{"type": "input_audio", "audio": base64.b64encode(pcm16_24k).decode()}]}})
+
+
+def shown(text: str, jpeg: bytes) -> str:
+    """A camera turn: a photo with the typed question, as a kiosk sends what its camera sees."""
+    return json.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user",
+        "content": [{"type": "input_image", "image_url": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()},
+                    {"type": "input_text", "text": text}]}})
+
+
+def soak_media() -> tuple[list[bytes], list[bytes]]:
+    """espeak-ng questions (PCM16 at 24 kHz) and scikit-image's photos as JPEGs: media nobody on
+    the project made, the same kind the test suite uses."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skdata
+
+    voices = []
+    for q in QUESTIONS[:4]:
+        wav = subprocess.run(["espeak-ng", "-s", "160", "--stdout", q], check=True, capture_output=True).stdout
+        rate = int.from_bytes(wav[24:28], "little")
+        pcm = np.frombuffer(wav[44:], dtype="<i2").astype(np.float32)
+        n = int(len(pcm) * 24000 / rate)
+        resampled = np.interp(np.linspace(0, len(pcm) - 1, n), np.arange(len(pcm)), pcm)
+        voices.append(resampled.astype("<i2").tobytes())
+    jpegs = []
+    for img in (skdata.astronaut(), skdata.coffee(), skdata.chelsea()):
+        buf = io.BytesIO()
+        Image.fromarray(img).convert("RGB").resize((320, 240)).save(buf, "JPEG", quality=85)
+        jpegs.append(buf.getvalue())
+    return voices, jpegs
 QUESTIONS = ["where are the batteries?", "when do you open on sunday?", "do you sell umbrellas?",
              "where is the pharmacy?", "how much is the coffee?", "can I return a jacket?"]
 
@@ -523,6 +564,8 @@ def part_soak(state: str, n: int, seconds: float) -> dict[str, Any]:
     busy: list[float] = []
     other_errors: dict[str, int] = {}
     completed: dict[str, int] = {}
+    kinds: dict[str, int] = {"typed": 0, "spoken": 0, "camera": 0}
+    voices, jpegs = soak_media()
     stop_at = time.monotonic() + seconds
 
     async def session(i: int) -> None:
@@ -533,8 +576,15 @@ def part_soak(state: str, n: int, seconds: float) -> dict[str, Any]:
             completed[sid] = 0
             pending = False
             while time.monotonic() < stop_at:
-                if not pending:
-                    await ws.send(typed(rng.choice(QUESTIONS)))
+                if not pending:   # half typed, a quarter spoken, a quarter with a camera frame
+                    kind = rng.choice(("typed", "typed", "spoken", "camera"))
+                    kinds[kind] += 1
+                    if kind == "spoken":
+                        await ws.send(spoken(rng.choice(voices)))
+                    elif kind == "camera":
+                        await ws.send(shown(rng.choice(QUESTIONS), rng.choice(jpegs)))
+                    else:
+                        await ws.send(typed(rng.choice(QUESTIONS)))
                     await _until(ws, "conversation.item.done")
                     pending = True
                 t0 = time.perf_counter()
@@ -589,7 +639,7 @@ def part_soak(state: str, n: int, seconds: float) -> dict[str, Any]:
                                (sid,)).fetchone()[0]
     conn.close()
     shed = re.search(r'mmagent_turns_shed_total\{reason="max_waiting_turns"\} (\S+)', metrics)
-    return {"sessions": n, "seconds": seconds, "admitted_turns": len(first), "completed": sum(completed.values()),
+    return {"sessions": n, "seconds": seconds, "turn_kinds": kinds, "admitted_turns": len(first), "completed": sum(completed.values()),
             "stored_completed": stored, "turns_lost": max(0, sum(completed.values()) - stored),
             "first_delta_p50_s": round(pct(first, 0.5) or 0, 2), "first_delta_p95_s": round(pct(first, 0.95) or 0, 2),
             "server_busy": len(busy), "server_busy_p50_ms": round(1000 * (pct(busy, 0.5) or 0), 1),
@@ -638,7 +688,7 @@ def table(res: dict[str, Any]) -> str:
                     f"{k['completed_turns_lost']} | stored/completed {[(r['stored_completed'], r['completed']) for r in k['rounds']]} |")
     o = res.get("soak")
     if o:
-        rows.append(f"| soak | {o['sessions']} sessions × {o['seconds']:g} s typed turns (load {o['load_avg_1m_start']}"
+        rows.append(f"| soak | {o['sessions']} sessions × {o['seconds']:g} s mixed turns {o.get('turn_kinds')} (load {o['load_avg_1m_start']}"
                     f"→{o['load_avg_1m_end']}) | — | — | {o['other_errors']} | {o['turns_lost']} | admitted "
                     f"{o['admitted_turns']}, first delta p50/p95 {o['first_delta_p50_s']}/{o['first_delta_p95_s']} s; "
                     f"server_busy {o['server_busy']} in p50/p95 {o['server_busy_p50_ms']}/{o['server_busy_p95_ms']} ms; "
