@@ -80,8 +80,9 @@ def test_drain_finishes_the_turn_in_flight_then_closes_1012() -> None:
 def test_drain_deadline_cuts_a_turn_and_marks_it() -> None:
     """A turn still running at the drain deadline is stopped and the session closed with 1012;
     the store keeps the turn as cancelled, never as completed. The local model writes the reply
-    (seconds on this CPU), so the turn is still running when the drain's deadline passes."""
-    srv: Any = start_server(agent={"responder": {"kind": "local"}})
+    (seconds on this CPU; the dialogue manager is off, else the off-topic "poem" is answered at
+    once from the pack), so the turn is still running when the drain's deadline passes."""
+    srv: Any = start_server(agent={"responder": {"kind": "local"}, "dialogue": {"enabled": False}})
     try:
         async def main() -> None:
             c = RealtimeClient(srv.ws_url, reconnect=False)
