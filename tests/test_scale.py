@@ -114,8 +114,9 @@ def test_two_front_ends_behind_haproxy_share_sessions_and_survive_kill_and_drain
     stack = ScaleStack(2, pg=pg_server, ray=True,
                        extra={"serving": {"text": small, "speech": small, "vision": small, "llm": small},
                               # the local model writes the replies (on the Ray tier): seconds
-                              # per reply, so the kill and the drain land mid-turn
-                              "agent": {"responder": {"kind": "local"}}})
+                              # per reply, so the kill and the drain land mid-turn (the dialogue
+                              # manager off: it would answer the off-topic "poem" from the pack at once)
+                              "agent": {"responder": {"kind": "local"}, "dialogue": {"enabled": False}}})
     timings: dict[str, float] = {}
     try:
         stack.start()
