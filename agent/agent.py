@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -515,8 +515,15 @@ class Agent:
         sent: list[str] = []
         failure: str | None = None
 
-        def pieces(sentence: str) -> list[str]:
-            return re.findall(r"\S+\s*", sentence)
+        def send(sentence: str) -> Iterator[TextDeltaEvent]:
+            """One verified sentence out, word by word (lazily: a reply stopped mid-sentence
+            keeps only the words sent)."""
+            sent.append(sentence)
+            for piece in re.findall(r"\S+\s*", sentence):
+                if not text_parts:
+                    timings["first_delta"] = _ms(time.perf_counter() - t_fused)
+                text_parts.append(piece)
+                yield TextDeltaEvent(piece)
 
         def accept(sentence: str) -> list[str]:
             """Verify one sentence; the sentences that may be sent now."""
@@ -547,12 +554,8 @@ class Agent:
                 done, pending = split_sentences(pending)
                 for sentence in done:
                     for s in accept(sentence):
-                        sent.append(s)
-                        for piece in pieces(s):
-                            if not text_parts:
-                                timings["first_delta"] = _ms(time.perf_counter() - t_fused)
-                            text_parts.append(piece)
-                            yield TextDeltaEvent(piece)
+                        for ev in send(s):
+                            yield ev
                             await asyncio.sleep(0)
                     if failure:
                         break
@@ -565,12 +568,8 @@ class Agent:
                 rest = pending.strip()
                 if rest and not token.is_set() and (rest[-1] in ".!?" or not (sent or held)):
                     for s in accept(pending):
-                        sent.append(s)
-                        for piece in pieces(s):
-                            if not text_parts:
-                                timings["first_delta"] = _ms(time.perf_counter() - t_fused)
-                            text_parts.append(piece)
-                            yield TextDeltaEvent(piece)
+                        for ev in send(s):
+                            yield ev
                             await asyncio.sleep(0)
                 if not failure and not sent and not token.is_set():
                     missing = verifier.missing("".join(held))
@@ -588,7 +587,7 @@ class Agent:
                 record.dialogue["verify"] = failure
             if not sent:
                 # nothing of the model's reply was sent: the composed answer, whole
-                for piece in pieces(plan.text):
+                for piece in re.findall(r"\S+\s*", plan.text):
                     if token.is_set():
                         break
                     if not text_parts:
