@@ -71,6 +71,29 @@ _DATA_FIELDS = ("perception", "fused", "route", "retrieved", "reply", "actions",
                 "timings", "error", "guard", "dialogue")
 
 
+def turn_from_row(r: Any) -> TurnRecord:
+    """A stored turn row (either backend: a mapping with the ``turns`` table's columns) as a TurnRecord."""
+    data = json.loads(r["data"])
+    vec = None
+    if r["fused_vector"] is not None:
+        a = array.array("f")
+        a.frombytes(bytes(r["fused_vector"]))
+        vec = a.tolist()
+    media = json.loads(bytes(r["media"])) if r["media"] is not None else None
+    return TurnRecord(turn_id=r["turn_id"], index=r["idx"], created_at=r["created_at"], status=r["status"],
+                      text=r["text"] or "", typed_text=r["typed_text"], transcript=r["transcript"],
+                      fused_vector=vec, barge_in=bool(r["barge_in"]), media=media,
+                      **{k: data[k] for k in _DATA_FIELDS if k in data})
+
+
+def turn_blobs(t: TurnRecord, store_media: bool) -> tuple[str, bytes | None, bytes | None]:
+    """The encoded columns of a turn: its data JSON, fused vector (float32 bytes) and media JSON."""
+    data = json.dumps({k: getattr(t, k) for k in _DATA_FIELDS}, default=str)
+    vec = array.array("f", t.fused_vector).tobytes() if t.fused_vector is not None else None
+    media = json.dumps(t.media).encode() if (store_media and t.media is not None) else None
+    return data, vec, media
+
+
 class SessionStore:
     """Sessions and turns in one SQLite file (created with its folder if missing)."""
 
@@ -167,28 +190,12 @@ class SessionStore:
 
     def load_turns(self, session_id: str) -> list[TurnRecord]:
         rows = self._conn().execute("SELECT * FROM turns WHERE session_id=? ORDER BY idx", (session_id,)).fetchall()
-        return [self._record(r) for r in rows]
-
-    @staticmethod
-    def _record(r: sqlite3.Row) -> TurnRecord:
-        data = json.loads(r["data"])
-        vec = None
-        if r["fused_vector"] is not None:
-            a = array.array("f")
-            a.frombytes(r["fused_vector"])
-            vec = a.tolist()
-        media = json.loads(r["media"]) if r["media"] is not None else None
-        return TurnRecord(turn_id=r["turn_id"], index=r["idx"], created_at=r["created_at"], status=r["status"],
-                          text=r["text"] or "", typed_text=r["typed_text"], transcript=r["transcript"],
-                          fused_vector=vec, barge_in=bool(r["barge_in"]), media=media,
-                          **{k: data[k] for k in _DATA_FIELDS if k in data})
+        return [turn_from_row(r) for r in rows]
 
     def save_turn(self, session_id: str, t: TurnRecord, *, dialogue_state: dict[str, Any] | None = None) -> None:
         """Write one finished turn and touch its session, in one transaction (with the session's
         dialogue state after the turn, when given)."""
-        data = json.dumps({k: getattr(t, k) for k in _DATA_FIELDS}, default=str)
-        vec = array.array("f", t.fused_vector).tobytes() if t.fused_vector is not None else None
-        media = json.dumps(t.media).encode() if (self.store_media and t.media is not None) else None
+        data, vec, media = turn_blobs(t, self.store_media)
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:

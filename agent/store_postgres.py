@@ -13,7 +13,6 @@ step twice, and a failing step leaves the schema as it was. Add a step; never ed
 
 from __future__ import annotations
 
-import array
 import json
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 from .errors import SessionError, StoreError
 from .session import Session, TurnRecord, new_session_id
-from .store import _DATA_FIELDS
+from .store import turn_blobs, turn_from_row
 
 # (version, SQL) in order. Version 1 mirrors agent/store.py's SQLite schema version 1.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -185,28 +184,12 @@ class PostgresSessionStore:
 
     def _turns(self, conn: Any, session_id: str) -> list[TurnRecord]:
         rows = conn.execute("SELECT * FROM turns WHERE session_id=%s ORDER BY idx", (session_id,)).fetchall()
-        return [self._record(r) for r in rows]
-
-    @staticmethod
-    def _record(r: dict[str, Any]) -> TurnRecord:
-        data = json.loads(r["data"])
-        vec = None
-        if r["fused_vector"] is not None:
-            a = array.array("f")
-            a.frombytes(bytes(r["fused_vector"]))
-            vec = a.tolist()
-        media = json.loads(bytes(r["media"])) if r["media"] is not None else None
-        return TurnRecord(turn_id=r["turn_id"], index=r["idx"], created_at=r["created_at"], status=r["status"],
-                          text=r["text"] or "", typed_text=r["typed_text"], transcript=r["transcript"],
-                          fused_vector=vec, barge_in=bool(r["barge_in"]), media=media,
-                          **{k: data[k] for k in _DATA_FIELDS if k in data})
+        return [turn_from_row(r) for r in rows]
 
     def save_turn(self, session_id: str, t: TurnRecord, *, dialogue_state: dict[str, Any] | None = None) -> None:
         """Write one finished turn and touch its session, in one transaction (with the session's
         dialogue state after the turn, when given)."""
-        data = json.dumps({k: getattr(t, k) for k in _DATA_FIELDS}, default=str)
-        vec = array.array("f", t.fused_vector).tobytes() if t.fused_vector is not None else None
-        media = json.dumps(t.media).encode() if (self.store_media and t.media is not None) else None
+        data, vec, media = turn_blobs(t, self.store_media)
         with self._connection() as conn, conn.transaction():
             # SQLite's INSERT OR REPLACE: a row with the same (session, index) or turn id is replaced.
             conn.execute("DELETE FROM turns WHERE (session_id=%s AND idx=%s) OR turn_id=%s",
