@@ -115,6 +115,20 @@ def test_reply_audio_is_heard_as_its_text(tts: Synthesizer, perception: Percepti
     assert "4.49" in heard and ("aisle 7" in heard.lower() or "aisle seven" in heard.lower()), heard
 
 
+def test_asides_pause_and_letters_are_spoken_as_letters(tts: Synthesizer) -> None:
+    """What normalising adds is said: the commas around a bracketed aside reach the voice as
+    pauses (espeak-ng drops punctuation inside a clause), and the "A" of "double A" (from "AA")
+    is the letter, not the article "uh"."""
+    from voice.text import split_clauses
+
+    ids = tts.phoneme_ids(split_clauses("AA batteries (pack of 4) are in aisle 7."))
+    comma = tts.voice.info.phoneme_id_map[","]
+    assert sum(ids[i:i + len(comma)] == comma for i in range(len(ids))) == 2
+    letter_a = tts.phoneme_ids(split_clauses("double eh"))
+    assert tts.phoneme_ids(split_clauses("double A")) == letter_a
+    assert tts.phoneme_ids(split_clauses("A pack of four.")) != tts.phoneme_ids(split_clauses("eh pack of four."))
+
+
 def test_stream_starts_with_first_clause(tts: Synthesizer) -> None:
     """Streaming deltas: the first chunk is the first clause, later chunks whole sentences, the last
     is final; chunk offsets add up and the transcript chunks rebuild the text."""

@@ -10,6 +10,7 @@ the caller splits clauses itself (voice/text.py) and puts each terminator back
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 import unicodedata
@@ -18,6 +19,10 @@ from .errors import PhonemizerError
 
 ESPEAK = "espeak-ng"
 TIMEOUT_S = 10.0
+# Spellings espeak-ng misreads, rewritten to ones it says right. "A" after "double"/"triple"
+# ("double A batteries", as voice/text.py writes "AA") is read as the article "uh"; "eh" is the
+# letter's sound.
+_RESPELL = ((re.compile(r"\b((?i:double|triple))\s+A\b"), r"\1 eh"),)
 
 
 class EspeakPhonemizer:
@@ -38,6 +43,8 @@ class EspeakPhonemizer:
     def phonemize(self, text: str) -> str:
         """IPA of ``text`` (espeak-ng's clauses joined by spaces), NFD-decomposed as Piper expects."""
         text = " ".join(text.split())
+        for pattern, spoken in _RESPELL:
+            text = pattern.sub(spoken, text)
         return self._cached(text) if text else ""
 
     def _run(self, text: str) -> str:

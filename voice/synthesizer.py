@@ -43,7 +43,7 @@ from .config import OUTPUT_RATES, VoiceConfig, check_rate
 from .errors import ConfigError, InvalidTextError, MMAgentError
 from .phonemes import EspeakPhonemizer, clause_phonemes
 from .piper import PiperVoice
-from .text import Clause, ClauseSplitter, normalize, split_early
+from .text import Clause, ClauseSplitter, normalize, split_clauses, split_early
 
 log = logging.getLogger(__name__)
 
@@ -338,8 +338,18 @@ class Synthesizer:
         """One chunk's phoneme ids: each clause normalised, phonemised, its terminator put back."""
         # A clause without a terminator (a reply cut off by its token limit, a forced split) keeps
         # none: the voice then ends it without a sentence's final fall, as piper itself does.
-        parts = [clause_phonemes(self.phonemizer.phonemize(normalize(c.text)), c.terminator,
-                                 last=k == len(clauses) - 1) for k, c in enumerate(clauses)]
+        # Normalising can open clauses inside one ("AA batteries (pack of 4) are" → "double A
+        # batteries, pack of four, are"); espeak-ng drops their commas, so each is phonemised alone
+        # and its comma put back, or the aside runs into the words after it ("four are in" was
+        # heard "4R and I-07").
+        parts = []
+        for k, clause in enumerate(clauses):
+            inner = split_clauses(normalize(clause.text)) or [Clause("", "", False)]
+            for j, piece in enumerate(inner):
+                end = j == len(inner) - 1
+                parts.append(clause_phonemes(self.phonemizer.phonemize(piece.text),
+                                             clause.terminator if end else piece.terminator,
+                                             last=end and k == len(clauses) - 1))
         return self.voice.phoneme_ids("".join(parts))
 
     def render(self, clauses: list[Clause], speed: float = 1.0) -> np.ndarray:
