@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from .dialogue import Plan
 from .guard import PRICE_RE
 from .pack import WEEKDAYS, KnowledgePack
-from .understand import Understander, stem
+from .understand import Question, Understander, stem
 
 _TIME_RE = re.compile(r"\b(\d{1,2})(?:[:.](\d{2}))?\s*(a\.?m\.?|p\.?m\.?)(?![a-z])|\b([01]?\d|2[0-3]):([0-5]\d)\b|"
                       r"\b(noon|midday|midnight)\b", re.IGNORECASE)
@@ -42,6 +42,8 @@ _INTERNAL_RE = re.compile(r"(detected intent|intent:|\bfacts?:|\bcontext:|\bques
 _CLAUSE_RE = re.compile(r"[,;]|\bbut\b|\bhowever\b|\bwhile\b|\bwhereas\b", re.IGNORECASE)
 _NEGATION_RE = re.compile(r"\b(not|no|never|cannot|can't|don't|doesn't|won't|isn't|aren't|unable)\b|n't\b",
                           re.IGNORECASE)
+# An entry's text that negates or restricts: restating it negatively may be true.
+_RESTRICTION_RE = re.compile(_NEGATION_RE.pattern + r"|\b(only|except|unless|without)\b", re.IGNORECASE)
 _CARD_RE = re.compile(r"(?<!\d)(?:\d[ -]?){12,19}(?!\d)")
 
 
@@ -188,6 +190,27 @@ class Verifier:
                         continue
                     if (not negated) not in values:
                         return f"fact:{fid}={'no' if negated else 'yes'}"
+            if negated:
+                denied = self._denied_entry(cu.questions)
+                if denied:
+                    return f"negated:{denied}"
+        return None
+
+    def _denied_entry(self, questions: Iterable[Question]) -> str | None:
+        """An entry a negated clause names whose own text denies nothing: "we don't offer
+        refunds" where the returns policy says refunds go back to the card, "we don't sell
+        batteries" where the pack has them. Facts declared yes/no are checked above; this covers
+        the plain-text entries. An entry whose text restricts ("store credit only") or negates
+        may be restated negatively; one superseded by another named or selected entry ("without
+        a receipt" over the general returns policy) is judged by that one."""
+        named = [self.pack.entry(i) for q in questions for i in q.entries]
+        if any(q.facts for q in questions):
+            return None                      # judged by its yes/no facts
+        overriding = {s for e in named for s in e.supersedes} | \
+            {s for e in self.plan.entries for s in e.supersedes}
+        for e in named:
+            if e.id not in overriding and not _RESTRICTION_RE.search(e.text):
+                return e.id
         return None
 
     def missing(self, text: str) -> list[str]:

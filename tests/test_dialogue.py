@@ -164,6 +164,11 @@ def verifier(dm: DialogueManager, question: str) -> tuple[Plan, Verifier]:
     ("where is the milk?", "Milk is in aisle 2, next to the batteries.", "unselected_product"),
     ("where is the milk?", "Detected intent: find_product (0.91).", "internal_label"),
     ("where is the milk?", "You're stupid, milk is in aisle 2.", "insult"),
+    # a plain-text policy denied ("refunds go back to the original payment method")
+    ("can I get a refund?", "We don't offer refunds.", "negated:returns_policy"),
+    ("what is your returns policy?", "Sorry, we do not accept returns.", "negated:returns_policy"),
+    ("where are the batteries?", "We don't sell batteries.", "negated:batteries"),
+    ("is there parking?", "There is no parking for customers.", "negated:parking"),
 ])
 def test_verifier_rejects_facts_not_selected(dm: DialogueManager, question: str, reply: str, reason: str) -> None:
     p, v = verifier(dm, question)
@@ -179,6 +184,9 @@ def test_verifier_rejects_facts_not_selected(dm: DialogueManager, question: str,
     ("Do you accept cheques?", "Sorry, cheques are not accepted here."),
     ("can I pay cash at the self-checkout?", "No, the self-checkouts only take card or phone payments."),
     ("where are the chargers?", "USB-C chargers are in aisle 7, by the batteries."),
+    # negative restatements the pack's own words allow ("store credit only")
+    ("can I return something without a receipt?", "Without a receipt we can't give a refund, only store credit."),
+    ("can I return something without a receipt?", "Refunds are not possible without a receipt."),
 ])
 def test_verifier_accepts_a_correct_paraphrase(dm: DialogueManager, question: str, reply: str) -> None:
     _, v = verifier(dm, question)
