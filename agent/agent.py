@@ -344,7 +344,8 @@ class Agent:
                 face_count=face_count, previous_face_count=prev_faces)
             plan: Plan | None = None
             # The fused intent asking for staff hands off, unless the words name something the
-            # pack answers ("where's customer service?" is not a request for a person).
+            # pack answers ("where's customer service?" is not a request for a person) or ask for
+            # advice the kiosk refuses ("can my employer fire me?": the refusal says where staff are).
             intent_handoff = decision.route == "handoff" and decision.reason == "requested"
             if (decision.route == "respond" or intent_handoff) and self.dialogue is not None and record.text.strip():
                 t0 = time.perf_counter()
@@ -352,7 +353,7 @@ class Agent:
                 plan = self.dialogue.plan(record.text, dialogue_state,
                                           retrieve=lambda: [(h.entry, h.cosine) for h in self.retrieve(perceived, fused)])
                 timings["dialogue"] = _ms(time.perf_counter() - t0)
-                if intent_handoff and plan.route != "answer":
+                if intent_handoff and plan.route not in ("answer", "refuse"):
                     plan, dialogue_state = None, None    # the policy's handoff stands
                 else:
                     record.dialogue = plan.to_json()

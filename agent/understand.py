@@ -230,6 +230,7 @@ class Understander:
             words.extend(rep.split() if rep else [w])
         out: list[str] = []
         corrections: dict[str, str] = {}
+        slot_fixes: list[tuple[int, str, str]] = []    # (position in out, word, its stem)
         k = 0
         while k < len(words):
             w = words[k]
@@ -251,8 +252,19 @@ class Understander:
                 close = self._close(w) or self._close(s)
                 if close:
                     corrections[w] = close
+                    if close in self.slot_words:
+                        slot_fixes.append((len(out), w, s))
                 out.append(close or s)
             k += 1
+        # A word corrected to a question word ("rice" → "price") is kept as heard when the turn
+        # already asks that ("how much is a bag of rice": "how much" is the price question, so
+        # "rice" is a product the pack may not have, not a second "price").
+        for pos, word, heard in slot_fixes:
+            asked = {key for kind, key in self.index.get((out[pos],), []) if kind == "slot"}
+            trial = [*out[:pos], heard, *out[pos + 1:]]
+            if asked & {m.key for m in self._matches(trial) if m.kind == "slot"}:
+                out = trial
+                corrections.pop(word, None)
         return out, corrections
 
     def _pair(self, a: str, b: str) -> tuple[str, ...] | None:
