@@ -14,7 +14,8 @@ Every fact-bearing token of a sentence is checked against the turn's :class:`~ag
 - yes/no policy words (cheques, cash, cards…): the selected fact's value, read from the clause's
   negation ("we do not accept cheques");
 - a product the selected entries do not mention; insults; the pack's blocked patterns; internal
-  labels (intent names, "Facts:", "Detected intent", camera labels): never.
+  labels (intent names, "Facts:", "Detected intent", camera labels); a customer's slip read back
+  ("we accept apple pie"): never.
 
 :meth:`Verifier.check` returns the reason a sentence fails (None when it passes);
 :meth:`Verifier.missing` the required values a whole reply leaves out. The agent streams a
@@ -98,6 +99,9 @@ class Verifier:
         self.selected_facts = {(f.id, f.value) for f in plan.facts} | \
             {(f.id, f.value) for e in plan.entries for f in e.facts}
         self.labels = [lb.lower() for lb in labels if lb and len(lb) > 2]
+        # The customer's slips ("apple pie" for "apple pay", "batter ease"): a reply repeating one
+        # would read back a misheard word as if it were something the shop offers.
+        self.slips = {heard for heard in understander.understand(question).corrections} if question else set()
         lex = understander.lex
         self.insults = [a for a in (*lex.acts.get("abusive", ()), *lex.acts.get("rude", ()))]
         self.internal = [i.lower() for i in pack.intents] + [i.replace("_", " ") for i in pack.intents
@@ -133,6 +137,9 @@ class Verifier:
             if composed is None or (composed.group(1) == "yes") != said_yes:
                 return f"yes_no:{lead.group(1)}"
         u = self.u.understand(sentence)
+        for heard in u.corrections:
+            if heard in self.slips:
+                return f"repeats_slip:{heard}"
         named = [self.pack.entry(i) for q in u.questions for i in q.entries]
         products = []
         for e in (e for e in named if e.kind == "product"):

@@ -169,6 +169,8 @@ def verifier(dm: DialogueManager, question: str) -> tuple[Plan, Verifier]:
     ("what is your returns policy?", "Sorry, we do not accept returns.", "negated:returns_policy"),
     ("where are the batteries?", "We don't sell batteries.", "negated:batteries"),
     ("is there parking?", "There is no parking for customers.", "negated:parking"),
+    # the customer's slip read back as if it were a product or a way to pay
+    ("can I pay with apple pie", "Yes, you can pay with apple pie.", "repeats_slip"),
 ])
 def test_verifier_rejects_facts_not_selected(dm: DialogueManager, question: str, reply: str, reason: str) -> None:
     p, v = verifier(dm, question)
