@@ -353,6 +353,9 @@ class Understander:
                 elif m.kind == "negation":
                     q.negated = True
             q.unknown = self._unknown(words, part, covered, q)
+            if prev_joined and questions and q.facts and set(q.facts) <= set(questions[-1].facts) \
+                    and not (q.slots or q.entries or q.days or q.closed_days or q.unknown):
+                continue      # "notes and coins": two names of one fact, one question
             questions.append(q)
         if "acknowledge" in acts and any(q.unknown for q in questions):
             acts.discard("acknowledge")   # "a good restaurant": not an "okay, good"
