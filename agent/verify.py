@@ -101,7 +101,9 @@ class Verifier:
         self.labels = [lb.lower() for lb in labels if lb and len(lb) > 2]
         # The customer's slips ("apple pie" for "apple pay", "batter ease"): a reply repeating one
         # would read back a misheard word as if it were something the shop offers.
-        self.slips = {heard for heard in understander.understand(question).corrections} if question else set()
+        # The plan already understood the question; a plan built elsewhere is understood here.
+        asked = plan.understanding or (understander.understand(question) if question else None)
+        self.slips = set(asked.corrections) if asked else set()
         lex = understander.lex
         self.insults = [a for a in (*lex.acts.get("abusive", ()), *lex.acts.get("rude", ()))]
         self.internal = [i.lower() for i in pack.intents] + [i.replace("_", " ") for i in pack.intents
@@ -203,16 +205,16 @@ class Verifier:
                     return f"negated:{denied}"
         return None
 
-    def _denied_entry(self, questions: Iterable[Question]) -> str | None:
+    def _denied_entry(self, questions: list[Question]) -> str | None:
         """An entry a negated clause names whose own text denies nothing: "we don't offer
         refunds" where the returns policy says refunds go back to the card, "we don't sell
         batteries" where the pack has them. Facts declared yes/no are checked above; this covers
         the plain-text entries. An entry whose text restricts ("store credit only") or negates
         may be restated negatively; one superseded by another named or selected entry ("without
         a receipt" over the general returns policy) is judged by that one."""
-        named = [self.pack.entry(i) for q in questions for i in q.entries]
         if any(q.facts for q in questions):
             return None                      # judged by its yes/no facts
+        named = [self.pack.entry(i) for q in questions for i in q.entries]
         overriding = {s for e in named for s in e.supersedes} | \
             {s for e in self.plan.entries for s in e.supersedes}
         for e in named:
