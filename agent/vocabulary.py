@@ -33,21 +33,25 @@ def _spoken(term: str, heading: bool = False) -> str:
 def pack_vocabulary(pack: Any) -> list[str]:
     """Terms of ``pack`` for the recogniser, most specific first, without duplicates.
 
-    Order: product names, then aliases, then entry titles (a trailing "location" or "policy"
-    dropped: people say "service desk", not "service desk location"), then keywords. The
-    recogniser keeps as many as fit its prompt, from the front.
+    Order: product names, then entry titles (a trailing "location" or "policy" dropped: people
+    say "service desk", not "service desk location"), then aliases taken in turns — every
+    entry's first alias, then every entry's second, … — then keywords. The recogniser's prompt
+    keeps as many as fit, from the front, so every entry is named before any entry's tenth way
+    of saying it: a pack with 27 phrasings of "no receipt" must not push "toilets" out.
     """
-    names, aliases, titles, keywords = [], [], [], []
+    names, titles, keywords = [], [], []
+    alias_lists: list[list[str]] = []
     for entry in getattr(pack, "entries", ()):
         if getattr(entry, "name", ""):
             names.append(_spoken(entry.name))
-        aliases += [_spoken(a) for a in getattr(entry, "aliases", ()) or ()]
         if getattr(entry, "title", ""):
             titles.append(_LOCATION.sub("", _spoken(entry.title, heading=True)))
+        alias_lists.append([_spoken(a) for a in getattr(entry, "aliases", ()) or ()])
         keywords += [_spoken(k) for k in getattr(entry, "keywords", ()) or ()]
+    aliases = [lst[i] for i in range(max(map(len, alias_lists), default=0)) for lst in alias_lists if i < len(lst)]
     seen: set[str] = set()
     out: list[str] = []
-    for term in names + aliases + titles + keywords:
+    for term in names + titles + aliases + keywords:
         if term and term.lower() not in seen:
             seen.add(term.lower())
             out.append(term)

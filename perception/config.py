@@ -98,6 +98,13 @@ class PerceptionConfig:
     # as its prompt ("Glossary: service desk, returns, ..."), which it continues in that spelling.
     # Empty = no prompt, decoding exactly as without it. A list from YAML becomes a tuple.
     speech_vocabulary: tuple[str, ...] = ()
+    # After decoding, terms of speech_vocabulary that sound close to a stretch of the transcript
+    # are tried in its place and kept where Whisper itself scores the sentence higher, with
+    # ``speech_term_rescore_bonus`` nats in the term's favour (perception/term_rescore.py;
+    # faster-whisper only, needs espeak-ng). No effect without a vocabulary.
+    speech_term_rescore: bool = True
+    speech_term_rescore_bonus: float = 2.0
+    speech_term_rescore_distance: float = 0.4    # phoneme edit distance / length for a candidate
     vad_threshold: float = 0.5            # Silero speech probability above which a chunk is voiced
     vad_min_silence_ms: int = 500         # silence that splits two voiced regions
     vad_speech_pad_ms: int = 200          # padding kept around each voiced region
@@ -170,5 +177,12 @@ class PerceptionConfig:
         vocab = self.speech_vocabulary
         if not isinstance(vocab, tuple) or not all(isinstance(t, str) and t.strip() for t in vocab):
             raise ConfigError(f"speech_vocabulary must be a list of non-empty strings, got {vocab!r}")
+        if not isinstance(self.speech_term_rescore, bool):
+            raise ConfigError(f"speech_term_rescore must be true or false, got {self.speech_term_rescore!r}")
+        if not 0.0 <= self.speech_term_rescore_bonus <= 20.0:
+            raise ConfigError(f"speech_term_rescore_bonus must be in [0, 20] nats, got {self.speech_term_rescore_bonus}")
+        if not 0.0 < self.speech_term_rescore_distance < 1.0:
+            raise ConfigError(f"speech_term_rescore_distance must be in (0, 1), got "
+                              f"{self.speech_term_rescore_distance}")
         if self.speech_cpu_threads < 0:
             raise ConfigError(f"speech_cpu_threads must be >= 0, got {self.speech_cpu_threads}")

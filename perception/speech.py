@@ -19,6 +19,7 @@ Backends (``PerceptionConfig.speech_backend``) implement :class:`AsrBackend`:
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import threading
@@ -33,8 +34,11 @@ from .config import SAMPLE_RATE, WHISPER_CHUNK_S, WHISPER_FRAME_S, WHISPER_N_FRA
 from .errors import ConfigError
 from .models import WHISPER_BASE, WHISPER_TINY_EN, resolve_speech_model
 from .prosody import prosody
+from .term_rescore import TermRescorer
 from .types import Segment, SpeechEncoding
 from .vad import VoiceActivityDetector, VoicedRegion, to_original_time, voiced_audio
+
+log = logging.getLogger(__name__)
 
 WINDOW_SAMPLES = WHISPER_CHUNK_S * SAMPLE_RATE   # 480000 samples in a 30 s window
 FRAME_SAMPLES = int(WHISPER_FRAME_S * SAMPLE_RATE)  # 320 samples per encoder frame
@@ -242,6 +246,11 @@ class FasterWhisperBackend:
             hallucination_silence_threshold=None, hotwords=None,
         )
         self.language = language
+        self.rescorer: TermRescorer | None = None
+        if config.speech_vocabulary and config.speech_term_rescore:
+            self.rescorer = TermRescorer(config.speech_vocabulary, self.model.model, self.tokenizer,
+                                         bonus=config.speech_term_rescore_bonus,
+                                         max_distance=config.speech_term_rescore_distance)
         self.fit = effective_window(config) == "fit"
         known = speech_dim(config)
         self.dim = known if known is not None else self._probe_dim()
@@ -281,8 +290,23 @@ class FasterWhisperBackend:
             options = dataclasses.replace(self.options)  # generate_segments mutates clip_timestamps
             segments = [RawSegment(s.start, s.end, s.text.strip(), s.avg_logprob, s.no_speech_prob)
                         for s in self.model.generate_segments(feats, self.tokenizer, options, False, enc)]
+            if self.rescorer is not None and any(s.text for s in segments):
+                segments = self._rescore(segments, arr, min(WHISPER_N_FRAMES * 2, feats.shape[-1] - 1))
             results.append(WindowResult(segments, arr[0, :real_frames(window.size)].astype(np.float32)))
         return results
+
+
+    def _rescore(self, segments: list[RawSegment], encoder_output: np.ndarray, frames: int) -> list[RawSegment]:
+        """The window's transcript with misheard pack terms repaired (one segment when repaired:
+        Whisper scores the whole window's text against the whole window's audio)."""
+        assert self.rescorer is not None
+        text = " ".join(s.text for s in segments if s.text)
+        result = self.rescorer.rescore(text, encoder_output, frames)
+        if not result.repairs:
+            return segments
+        log.debug("term rescoring: %r → %r (%s)", text, result.text, result.repairs)
+        return [RawSegment(segments[0].start, segments[-1].end, result.text,
+                           min(s.avg_logprob for s in segments), max(s.no_speech_prob for s in segments))]
 
 
 class OpenAIWhisperBackend:
