@@ -4,9 +4,14 @@ Kiosk questions that name the demo pack's products, places and services are spok
 espeak-ng in 8 voices at two speeds, clean and with white noise at each ``--snr-db`` (20 and
 10 dB, relative to the speech's RMS), then transcribed by each configuration:
 
-- tiny.en plain (today's default), tiny.en biased (the pack's vocabulary as Whisper's prompt),
-  the same with beam search of 3 (``speech_beam_size: 3``),
-- base plain and base biased (the multilingual Whisper base, ``speech_model: whisper-base``).
+- tiny.en plain, tiny.en biased (the pack's vocabulary as Whisper's prompt only),
+  tiny.en biased + rescoring (the server's default: perception/term_rescore.py), the same with
+  beam search of 3 (``speech_beam_size: 3``),
+- base plain, base biased and base biased + rescoring (the multilingual Whisper base,
+  ``speech_model: whisper-base``).
+
+Sentences that name no pack term (``NEGATIVES``) are spoken the same way; "false terms" counts
+the clips of theirs whose transcript holds a pack term (what biasing or rescoring invented).
 
 Key-term recall: the share of the pack terms said in a question that the transcript contains
 (lower case, hyphens as spaces: "self-checkout" = "self checkout"). False terms: pack terms in a
@@ -51,14 +56,23 @@ QUESTIONS = [
     ("Is there parking behind the store?", ["parking"]),
     ("Which payment methods do you accept?", ["payment methods"]),
 ]
+# Said at a kiosk, naming no pack term (checked at start): nothing of the pack may be heard in them.
+NEGATIVES = [
+    "What is the weather like outside?", "My name is Sarah and I am new here.", "Thank you very much for your help.",
+    "Can you say that again more slowly?", "I am waiting for my friend.", "Is it going to rain this afternoon?",
+    "Good morning, how are you today?", "My son lost his blue jacket.", "Do you know a good place to eat nearby?",
+    "I think I left my keys in the car.", "Could you speak a little louder?", "That is all, have a nice day.",
+]
 VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029", "en-us+f3", "en-gb+m3"]
 SPEEDS = [150, 185]
-CONFIGS = {   # label, speech_model, biased, beam size
-    "tiny": ("tiny.en plain", None, False, 1),
-    "tiny-biased": ("tiny.en biased", None, True, 1),
-    "tiny-biased-beam3": ("tiny.en biased b3", None, True, 3),
-    "base": ("base plain", "whisper-base", False, 1),
-    "base-biased": ("base biased", "whisper-base", True, 1),
+CONFIGS = {   # label, speech_model, biased, key-term rescoring, beam size
+    "tiny": ("tiny.en plain", None, False, False, 1),
+    "tiny-biased": ("tiny.en prompt", None, True, False, 1),
+    "tiny-rescore": ("tiny.en prompt+rescore", None, True, True, 1),
+    "tiny-rescore-beam3": ("tiny prompt+rescore b3", None, True, True, 3),
+    "base": ("base plain", "whisper-base", False, False, 1),
+    "base-biased": ("base prompt", "whisper-base", True, False, 1),
+    "base-rescore": ("base prompt+rescore", "whisper-base", True, True, 1),
 }
 
 
@@ -113,9 +127,13 @@ def main() -> None:
 
     load_avg_start = os.getloadavg()
     vocabulary = tuple(pack_vocabulary(load_pack()))
+    for text in NEGATIVES:
+        said = [t for t in vocabulary if term_form(t) in term_form(text)]
+        if said:
+            raise SystemExit(f"negative sentence {text!r} names pack terms {said}")
     rng = np.random.default_rng(0)
     clips = []
-    for text, terms in QUESTIONS:
+    for text, terms in QUESTIONS + [(n, []) for n in NEGATIVES]:
         for voice in VOICES:
             for speed in SPEEDS:
                 clean = speak(text, voice, speed)
@@ -124,10 +142,20 @@ def main() -> None:
                     clips.append((text, terms, voice, speed, f"noise {snr:g} dB", add_noise(clean, snr, rng)))
     results: dict[str, Any] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
+    conditions = ["clean", *(f"noise {snr:g} dB" for snr in args.snr_db), "all"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(results: dict[str, Any], samples: dict[str, Any], load_avg_end: tuple[float, ...]) -> None:
+        out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                                   "load_avg_start": load_avg_start, "load_avg_end": load_avg_end,
+                                   "snr_db": args.snr_db, "voices": VOICES, "speeds": SPEEDS,
+                                   "vocabulary": vocabulary, "results": results, "samples": samples}, indent=1))
+
     for key in args.configs:
-        label, model, biased, beam = CONFIGS[key]
+        label, model, biased, rescore, beam = CONFIGS[key]
         p = Perception(PerceptionConfig(speech_model=model, speech_vocabulary=vocabulary if biased else (),
-                                        speech_beam_size=beam))
+                                        speech_term_rescore=rescore, speech_beam_size=beam))
         p.warmup(("speech",))
         rows: dict[str, dict[str, float]] = {}
         times, detail = [], []
@@ -139,7 +167,12 @@ def main() -> None:
             found = sum(term_form(t) in term_form(heard) for t in terms)
             invented = sum(term_form(t) in term_form(heard) and term_form(t) not in term_form(text) for t in vocabulary)
             for group in (condition, "all"):
-                r = rows.setdefault(group, {"errors": 0, "words": 0, "terms": 0, "found": 0, "invented": 0, "clips": 0})
+                r = rows.setdefault(group, {"errors": 0, "words": 0, "terms": 0, "found": 0, "invented": 0, "clips": 0,
+                                            "negatives": 0, "false_term_clips": 0})
+                if not terms:        # a negative: only whether a pack term was heard in it counts
+                    r["negatives"] += 1
+                    r["false_term_clips"] += invented > 0
+                    continue
                 r["errors"] += errors
                 r["words"] += words
                 r["terms"] += len(terms)
@@ -150,33 +183,36 @@ def main() -> None:
                            "terms_found": found})
         results[key] = {"label": label, "median_ms": 1000 * statistics.median(times),
                         **{g: {"wer": r["errors"] / r["words"], "term_recall": r["found"] / r["terms"],
-                               "invented_terms": r["invented"], "clips": r["clips"]} for g, r in rows.items()}}
+                               "invented_terms": r["invented"], "clips": r["clips"], "negatives": r["negatives"],
+                               "false_term_clips": r["false_term_clips"]} for g, r in rows.items()}}
         samples[key] = detail
+        r = results[key]     # each configuration's row as soon as it is done (a full run takes long)
+        print(f"{r['label']:24s} " + " ".join(f"{c} {r[c]['wer']:.3f} / {100 * r[c]['term_recall']:.1f}%"
+                                              for c in conditions) + f" median {r['median_ms']:.0f} ms", flush=True)
+        write(dict(results), dict(samples), os.getloadavg())
     load_avg_end = os.getloadavg()
 
-    conditions = ["clean", *(f"noise {snr:g} dB" for snr in args.snr_db), "all"]
     snrs = " / ".join(f"{snr:g}" for snr in args.snr_db)
-    print(f"\nRecognition: {len(QUESTIONS)} kiosk questions × {len(VOICES)} espeak-ng voices × {len(SPEEDS)} speeds "
-          f"× clean + white noise at {snrs} dB SNR = {len(clips)} clips per configuration; demo pack "
-          f"vocabulary ({len(vocabulary)} terms); load average {load_avg_start[0]:.2f} → {load_avg_end[0]:.2f}")
-    print("WER / key-term recall per condition; invented = pack terms in a transcript that were not said")
-    print(f"{'configuration':18s} " + " ".join(f"{c:>20s}" for c in conditions) + f" {'invented':>9s} {'median ms':>10s}")
+    print(f"\nRecognition: ({len(QUESTIONS)} kiosk questions + {len(NEGATIVES)} without pack terms) × {len(VOICES)} "
+          f"espeak-ng voices × {len(SPEEDS)} speeds × clean + white noise at {snrs} dB SNR = {len(clips)} clips per "
+          f"configuration; demo pack vocabulary ({len(vocabulary)} terms); load average {load_avg_start[0]:.2f} → "
+          f"{load_avg_end[0]:.2f}")
+    print("WER / key-term recall per condition (questions); invented = pack terms in a question's transcript that "
+          "were not said; false = negatives' clips with a pack term heard, per condition")
+    print(f"{'configuration':24s} " + " ".join(f"{c:>20s}" for c in conditions) + f" {'invented':>9s} "
+          f"{'false':>14s} {'median ms':>10s}")
     for key in args.configs:
         r = results[key]
         cells = " ".join(f"{r[c]['wer']:9.3f} / {100 * r[c]['term_recall']:5.1f}%" for c in conditions)
-        print(f"{r['label']:18s} {cells} {r['all']['invented_terms']:>9d} {r['median_ms']:10.0f}")
+        false = "/".join(str(r[c]["false_term_clips"]) for c in conditions[:-1])
+        print(f"{r['label']:24s} {cells} {r['all']['invented_terms']:>9d} {false:>14s} {r['median_ms']:10.0f}")
     if "tiny" in samples and "tiny-biased" in samples:
         print("\nService desk, en-gb 150 wpm, clean: plain →", next(
             d["heard"] for d in samples["tiny"] if d["voice"] == "en-gb" and d["speed"] == 150
             and d["condition"] == "clean" and "service desk" in d["text"]), "| biased →", next(
             d["heard"] for d in samples["tiny-biased"] if d["voice"] == "en-gb" and d["speed"] == 150
             and d["condition"] == "clean" and "service desk" in d["text"]))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                               "load_avg_start": load_avg_start, "load_avg_end": load_avg_end, "snr_db": args.snr_db,
-                               "voices": VOICES, "speeds": SPEEDS, "vocabulary": vocabulary, "results": results,
-                               "samples": samples}, indent=1))
+    write(results, samples, load_avg_end)
     print(f"wrote {out}")
 
 
