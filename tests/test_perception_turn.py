@@ -1,4 +1,5 @@
-"""End of turn: Smart Turn v3.2 on natural (Piper) speech, the transcript rule, and the detectors."""
+"""End of turn: Smart Turn v3.2 on natural (Piper) speech, the transcript rule, the language
+model's text estimate, and the detectors."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from perception.turn import (
     SilenceDetector,
     SmartTurnDetector,
     SmartTurnModel,
+    TextTurnModel,
     TurnConfig,
     load_smart_turn,
+    load_text_turn_model,
     make_turn_detector,
+    normalise_transcript,
     smart_turn_path,
     transcript_incomplete,
 )
@@ -47,6 +51,12 @@ def _utterance(tts: object, text: str) -> np.ndarray:
 def smart_turn() -> SmartTurnModel:
     """Smart Turn v3.2 from the installed pipecat-ai wheel, loaded once."""
     return load_smart_turn()
+
+
+@pytest.fixture(scope="session")
+def text_turn() -> TextTurnModel:
+    """SmolLM2-135M's P(the sentence ends here), loaded once (shared with make_turn_detector)."""
+    return load_text_turn_model()
 
 
 def test_model_file_comes_from_the_wheel_without_importing_pipecat() -> None:
@@ -135,3 +145,84 @@ def test_turn_config_and_input_errors(smart_turn: SmartTurnModel) -> None:
         d.decide(np.zeros(100, np.int32), 16000)
     with pytest.raises(ModelLoadError, match="does not exist"):
         SmartTurnModel("/nonexistent/model.onnx")
+
+
+# Unfinished kiosk prefixes the dangling-word rule misses (they end on "you", "any", "is", "me"),
+# and complete questions; Whisper's final period is on some of them, as Whisper writes it.
+UNFINISHED = ["What time do you", "Do you have any", "Where is the", "Could you show me", "My receipt is.",
+              "I'm looking for", "How much does the."]
+FINISHED = ["What time do you close?", "Where is the service desk?", "Do you have any gluten free bread.",
+            "I'm looking for the batteries.", "Where are the toilets?", "Can I pay with my phone?"]
+
+
+@pytest.mark.parametrize(("raw", "clean"), [
+    ("What time do you.", "What time do you"), (" where is the ...", "Where is the"),
+    ("Can I pay with my phone?", "Can I pay with my phone"), ("My  receipt\nis,", "My receipt is"), ("...", ""),
+])
+def test_transcript_normalised_for_the_language_model(raw: str, clean: str) -> None:
+    """Whisper's trailing punctuation is no evidence: it is stripped, spaces collapsed, first letter upper."""
+    assert normalise_transcript(raw) == clean
+
+
+def test_text_model_ranks_unfinished_prefixes_below_complete_questions(text_turn: TextTurnModel) -> None:
+    """Every unfinished prefix scores below the default threshold and below every complete question;
+    a trailing period (Whisper's) changes nothing."""
+    from perception.turn import TEXT_THRESHOLD
+
+    low = {t: text_turn.probability(t) for t in UNFINISHED}
+    high = {t: text_turn.probability(t) for t in FINISHED}
+    assert max(low.values()) < TEXT_THRESHOLD <= min(high.values()), (low, high)
+    assert max(low.values()) < min(high.values()) / 5, (low, high)
+    assert text_turn.probability("What time do you.") == pytest.approx(text_turn.probability("What time do you"))
+    assert text_turn.probability("") == 1.0
+
+
+def test_text_model_is_thread_safe(text_turn: TextTurnModel) -> None:
+    """Sessions pausing together may ask at once: each gets the probability it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = UNFINISHED[:3] + FINISHED[:3]
+    alone = [text_turn.probability(t) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(text_turn.probability, texts * 2))
+    assert together == pytest.approx(alone * 2, rel=1e-4, abs=1e-7)
+
+
+def test_smart_turn_with_lm_waits_on_unfinished_text(steady_voice: object, text_turn: TextTurnModel) -> None:
+    """Audio that sounds finished ends the turn only when the transcript reads finished too; an
+    unfinished one the word rule lets through ("What time do you.") waits the long limit, or
+    ``text_wait_ms``. Real Smart Turn audio, real language model."""
+    old = make_turn_detector(TurnConfig(mode="smart_turn"))
+    d = make_turn_detector(TurnConfig(mode="smart_turn", text_model="lm"))
+    assert isinstance(d, SmartTurnDetector) and d.text_model is text_turn and d.name == "smart_turn+lm"
+    assert isinstance(old, SmartTurnDetector) and old.text_model is None and old.name == "smart_turn"
+    done = _utterance(steady_voice, "What time do you close today?")
+    v = d.decide(done, 16000, transcript="What time do you close today.")
+    assert v.reason == "complete" and v.end_after_ms == 200, v
+    assert v.text_probability is not None and v.text_probability >= d.text_threshold
+    assert old.decide(done, 16000, transcript="What time do you.").reason == "complete"   # the word rule misses it
+    v = d.decide(done, 16000, transcript="What time do you.")
+    assert v.reason == "text_incomplete" and v.end_after_ms == 4000 and v.text_probability is not None, v
+    assert v.text_probability < d.text_threshold
+    cut = _utterance(steady_voice, "What time do you")
+    v = d.decide(cut, 16000, transcript="What time do you.")
+    assert v.reason in ("incomplete", "text_incomplete") and v.end_after_ms == 4000, v
+    assert d.decide(done, 16000).reason == "complete"       # no transcript yet: the audio decides
+    short = make_turn_detector(TurnConfig(mode="smart_turn", text_model="lm", text_wait_ms=500))
+    v = short.decide(done, 16000, transcript="Do you have any.")
+    assert v.reason == "text_incomplete" and v.end_after_ms == 500, v
+
+
+def test_text_model_config_errors() -> None:
+    """The text options are validated like the rest, and off by default."""
+    assert TurnConfig().text_model == "none" and TurnConfig(mode="smart_turn").text_wait_ms is None
+    with pytest.raises(ConfigError, match="text_model"):
+        TurnConfig(mode="smart_turn", text_model="gpt")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"needs turn\.mode 'smart_turn'"):
+        TurnConfig(text_model="lm")
+    for bad in (0.0, 1.0, -0.2, True, "0.1"):
+        with pytest.raises(ConfigError, match="text_threshold"):
+            TurnConfig(mode="smart_turn", text_model="lm", text_threshold=bad)  # type: ignore[arg-type]
+    for wait in (200, 100, 2.5):
+        with pytest.raises(ConfigError, match="text_wait_ms"):
+            TurnConfig(mode="smart_turn", text_model="lm", check_ms=200, text_wait_ms=wait)  # type: ignore[arg-type]
