@@ -344,7 +344,15 @@ class SmartTurnDetector:
             self.name = "smart_turn+lm"
 
     def decide(self, audio: np.ndarray, sample_rate: int, *, transcript: str | None = None) -> TurnVerdict:
-        p = self.model.probability(to_16k(audio, sample_rate))
+        return self.verdict(self.audio_probability(audio, sample_rate), transcript)
+
+    def audio_probability(self, audio: np.ndarray, sample_rate: int) -> float:
+        """Smart Turn's P(complete) for the utterance so far (the part of :meth:`decide` that
+        needs no transcript: a server runs it while the speculative transcript is computed)."""
+        return self.model.probability(to_16k(audio, sample_rate))
+
+    def verdict(self, p: float, transcript: str | None = None) -> TurnVerdict:
+        """The decision from Smart Turn's ``p`` and, where given, the transcript."""
         if p < self.threshold:
             return TurnVerdict(self.max_silence_ms, p, "incomplete")
         if self.use_transcript and transcript is not None and transcript_incomplete(transcript):

@@ -76,6 +76,12 @@ class VadConfig:
     echo_margin_db: float = -5.0      # this margin (-5: an echo at least 6 dB below the voice),
     echo_max_delay_ms: int = 400      # within this many ms after it played, is silence to the
                                       # turn detector (server/core/echo.py)
+    semantic: str = "smart_turn+lm"   # what a session's semantic_vad runs: "smart_turn+lm" (Smart
+                                      # Turn v3.2 on the audio and SmolLM2 on the speculative
+                                      # transcript, both must say complete: 0 false cut-ins at a
+                                      # 400 ms pause in bench/turn_taking.py), "smart_turn" (audio
+                                      # only), or "silence" (eagerness → a fixed silence)
+    semantic_check_ms: int = 200      # the semantic model decides at this much silence
 
 
 @dataclass
@@ -177,6 +183,11 @@ class ServerConfig:
             raise ConfigError("vad.threshold must be within (0, 1)")
         if not 100 <= self.vad.silence_duration_ms <= 5000:
             raise ConfigError("vad.silence_duration_ms must be within 100..5000")
+        if self.vad.semantic not in ("smart_turn+lm", "smart_turn", "silence"):
+            raise ConfigError(f"vad.semantic must be 'smart_turn+lm', 'smart_turn' or 'silence', "
+                              f"not {self.vad.semantic!r}")
+        if not 64 <= self.vad.semantic_check_ms <= 1000:
+            raise ConfigError(f"vad.semantic_check_ms must be within 64..1000, not {self.vad.semantic_check_ms!r}")
         if self.vad.max_hold_ms <= 0:
             raise ConfigError("vad.max_hold_ms must be > 0")
         if not 0 <= self.vad.echo_max_delay_ms <= 2000 or not -20 <= self.vad.echo_margin_db <= 20:

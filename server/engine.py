@@ -30,6 +30,7 @@ from server.batcher import MicroBatcher
 from server.config import ServerConfig
 from server.console import loading
 from server.metrics import Metrics
+from server.semantic_turn import EndOfTurnModels, SemanticTurnModels
 
 if TYPE_CHECKING:
     from agent import PerceivedTurn, Session, TurnControl
@@ -95,6 +96,8 @@ class ModelEngine(Protocol):
     # there are any, background work (camera presence updates) yields the CPU to them.
     turns_in_flight: int
     voice: Voice | None
+    # semantic_vad's end-of-turn models (None: vad.semantic is "silence")
+    turn_models: EndOfTurnModels | None
 
     @property
     def loaded(self) -> bool: ...
@@ -149,6 +152,8 @@ class LocalEngine:
     def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
         self.config, self.metrics = config, metrics
         self.voice: Voice | None = None
+        self.turn_models: EndOfTurnModels | None = (
+            SemanticTurnModels(config.vad.semantic) if config.vad.semantic != "silence" else None)
         b = config.batching
         self.executor = ThreadPoolExecutor(b.model_threads, thread_name_prefix="model")
         # VAD and other tiny per-chunk work get their own thread so they never wait behind Whisper.
@@ -385,6 +390,8 @@ class LocalEngine:
             await b.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.light_executor.shutdown(wait=False, cancel_futures=True)
+        if isinstance(self.turn_models, SemanticTurnModels):
+            self.turn_models.close()
 
 
 def perception_config_for(config: ServerConfig) -> Any:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from perception.errors import ConfigError
+
 VAD_RATE = 16000
 WINDOW = 512                      # samples at 16 kHz: 32 ms
 WINDOW_MS = WINDOW * 1000 / VAD_RATE
@@ -57,7 +59,16 @@ class SpeechResumed:
     token: int
 
 
-VadEvent = SpeechStarted | SpeechStopped | SpeechPaused | SpeechResumed
+@dataclass(frozen=True)
+class TurnCheck:
+    """:class:`SemanticVad` only: ``check_ms`` of silence in the pause ``token``. Whoever runs the
+    end-of-turn model on ``audio`` answers with ``SemanticVad.resolve(token, end_after_ms)``."""
+
+    token: int
+    audio: np.ndarray
+
+
+VadEvent = SpeechStarted | SpeechStopped | SpeechPaused | SpeechResumed | TurnCheck
 
 
 class _Silero:
@@ -219,3 +230,71 @@ class StreamingVad:
         self.speaking = False
         self._paused = None
         self._run_ms = self._silence_ms = 0.0
+
+
+class SemanticVad(StreamingVad):
+    """A :class:`StreamingVad` whose end of turn an end-of-turn model decides (``semantic_vad``).
+
+    Silence alone ends a turn only at ``max_wait_ms`` (the eagerness's long limit). At
+    ``check_ms`` of silence it emits :class:`TurnCheck`; the answer comes back, from another
+    thread or task, as :meth:`resolve` with the silence after which this pause ends the turn
+    (``check_ms``: now; the long limit: the model heard an unfinished turn). Speech resuming
+    first voids the answer. The speculative pause (SpeechPaused) comes before the check, so
+    the transcript the model may read is computed while the silence runs on.
+    """
+
+    def __init__(self, sample_rate: int, *, threshold: float = 0.5, prefix_padding_ms: int = 300,
+                 max_wait_ms: int = 4000, check_ms: int = 200, backend: str = "silero",
+                 speculative_ms: int = 100) -> None:
+        if not 0 < check_ms < max_wait_ms:
+            raise ConfigError(f"check_ms must be in (0, max_wait_ms={max_wait_ms}), got {check_ms}")
+        # The pause token the check belongs to must exist by then: speculate at or before it.
+        speculative = speculative_ms if 0 < speculative_ms < check_ms else max(WINDOW_MS, check_ms - WINDOW_MS)
+        super().__init__(sample_rate, threshold=threshold, prefix_padding_ms=prefix_padding_ms,
+                         silence_duration_ms=max_wait_ms, backend=backend, speculative_ms=int(speculative))
+        self.check_ms, self.max_wait_ms = check_ms, max_wait_ms
+        self._checked: int | None = None        # the pause whose TurnCheck was sent
+        # process() holds it; resolve() only tries it, so neither side ever waits for the other.
+        self._lock = threading.Lock()
+
+    def process(self, pcm: np.ndarray) -> list[VadEvent]:
+        with self._lock:
+            events = super().process(pcm)
+            # An answer that arrived after this chunk's last window was stepped.
+            if self.speaking and self._paused is not None and self._silence_ms >= self.silence_ms:
+                events.append(self._stop(int(self._windows_done * WINDOW_MS)))
+            return events
+
+    def _step(self, p: float) -> VadEvent | None:
+        ev = super()._step(p)
+        if isinstance(ev, SpeechResumed):
+            self.silence_ms, self._checked = self.max_wait_ms, None
+        elif (ev is None and self.speaking and self._paused is not None and self._checked != self._paused
+              and self._silence_ms >= self.check_ms):
+            self._checked = self._paused
+            return TurnCheck(self._paused, np.concatenate(self._speech))
+        return ev
+
+    def resolve(self, token: int, end_after_ms: int) -> SpeechStopped | None:
+        """The model's answer for pause ``token``: end the turn once its silence reaches
+        ``end_after_ms``. Returns the SpeechStopped when that is now and no chunk is being
+        processed (else the chunk in progress, or the next, ends it). A stale token: no-op."""
+        if token != self._paused or not self.speaking:
+            return None
+        self.silence_ms = max(int(end_after_ms), 1)
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self.speaking and self._paused == token and self._silence_ms >= self.silence_ms:
+                return self._stop(int(self._windows_done * WINDOW_MS))
+            return None
+        finally:
+            self._lock.release()
+
+    def _stop(self, end_ms: int) -> SpeechStopped:
+        self.silence_ms, self._checked = self.max_wait_ms, None
+        return super()._stop(end_ms)
+
+    def clear(self) -> None:
+        super().clear()
+        self.silence_ms, self._checked = self.max_wait_ms, None

@@ -103,6 +103,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self.turns_in_flight = 0
         self.voice = None
+        self.turn_models: Any = None     # semantic_vad's models (a FakeTurnModels in its tests)
         self.loaded = True
         self.hold_speech = False
         self.hold_reply = False

@@ -9,9 +9,13 @@ Turn detectors are chosen by ``turn_detection.type``:
 
 =================  =============================================================================
 ``server_vad``     silence only: the turn ends after ``silence_duration_ms`` below ``threshold``
-``semantic_vad``   mapped onto the same detector with parameters from ``eagerness`` (table
-                   :data:`SEMANTIC_SILENCE_MS`); a semantic end-of-turn model (Smart Turn) plugs in
-                   through :func:`register_detector` and gets ``max_wait_ms`` as its long limit
+``semantic_vad``   an end-of-turn model decides (``vad.semantic``, Smart Turn v3.2 + SmolLM2 by
+                   default): :class:`server.vad.SemanticVad` asks at ``vad.semantic_check_ms`` of
+                   silence (a :class:`server.vad.TurnCheck`; the conversation runs the model and
+                   answers), and silence alone ends the turn at the eagerness's long limit
+                   (:data:`SEMANTIC_MAX_WAIT_MS`). Until the model is loaded, and with
+                   ``vad.semantic = "silence"``, a turn ends after the eagerness's fixed silence
+                   (:data:`SEMANTIC_SILENCE_MS`)
 =================  =============================================================================
 
 Audio faster than real time (a recorded file uploaded at once) is accepted up to a burst
@@ -30,9 +34,9 @@ import numpy as np
 from server.core.settings import SessionSettings, TurnDetection
 from server.errors import ProtocolError
 from server.limits import TokenBucket
-from server.vad import SpeechStopped, StreamingVad, VadEvent
+from server.vad import SemanticVad, SpeechStopped, StreamingVad, VadEvent
 
-# semantic_vad eagerness → (silence that ends a turn, longest wait for a semantic detector), ms.
+# semantic_vad eagerness → (silence that ends a turn without a model, longest wait with one), ms.
 # "high" answers soonest; "auto" is "medium" (Realtime GA's own definition). The long limits are
 # GA's: low 8 s, medium 4 s, high 2 s.
 SEMANTIC_SILENCE_MS = {"high": 300, "medium": 600, "auto": 600, "low": 1000}
@@ -51,14 +55,17 @@ class DetectorParams:
     speculative_ms: int        # a pause this long starts speculative work (SpeechPaused)
     max_wait_ms: int           # semantic detectors: end the turn after this much silence at the latest
     backend: str               # VAD backend: "silero" | "energy"
+    semantic: str = "silence"  # semantic_vad's model: "smart_turn+lm" | "smart_turn" | "silence"
+    check_ms: int = 200        # semantic detectors: ask the model at this much silence
 
 
-def detector_params(td: TurnDetection, rate: int, *, backend: str, speculative_ms: int) -> DetectorParams:
+def detector_params(td: TurnDetection, rate: int, *, backend: str, speculative_ms: int,
+                    semantic: str = "silence", check_ms: int = 200) -> DetectorParams:
     """Map a session's ``turn_detection`` onto detector parameters (``semantic_vad``: by eagerness)."""
     if td.type == "semantic_vad":
         silence = SEMANTIC_SILENCE_MS[td.eagerness]
         return DetectorParams("semantic_vad", rate, td.threshold, td.prefix_padding_ms, silence, speculative_ms,
-                              SEMANTIC_MAX_WAIT_MS[td.eagerness], backend)
+                              SEMANTIC_MAX_WAIT_MS[td.eagerness], backend, semantic, min(check_ms, silence))
     return DetectorParams("server_vad", rate, td.threshold, td.prefix_padding_ms, td.silence_duration_ms,
                           speculative_ms, td.silence_duration_ms, backend)
 
@@ -91,7 +98,17 @@ def silence_detector(p: DetectorParams) -> TurnDetector:
                         silence_duration_ms=p.silence_ms, backend=p.backend, speculative_ms=p.speculative_ms)
 
 
-_DETECTORS: dict[str, DetectorFactory] = {"server_vad": silence_detector, "semantic_vad": silence_detector}
+def semantic_detector(p: DetectorParams) -> TurnDetector:
+    """semantic_vad: the model decides at ``check_ms`` (``vad.semantic = "silence"``: the fixed
+    silence of the eagerness, no model)."""
+    if p.semantic == "silence":
+        return silence_detector(p)
+    return SemanticVad(p.rate, threshold=p.threshold, prefix_padding_ms=p.prefix_padding_ms,
+                       max_wait_ms=p.max_wait_ms, check_ms=p.check_ms, backend=p.backend,
+                       speculative_ms=p.speculative_ms)
+
+
+_DETECTORS: dict[str, DetectorFactory] = {"server_vad": silence_detector, "semantic_vad": semantic_detector}
 
 
 def register_detector(kind: str, factory: DetectorFactory) -> None:
@@ -136,9 +153,10 @@ class AudioInput:
     """Buffered input audio of one session: the manual buffer, or the turn detector."""
 
     def __init__(self, settings: SessionSettings, *, budget: TokenBucket, max_pending_s: float,
-                 backend: str, speculative_ms: int) -> None:
+                 backend: str, speculative_ms: int, semantic: str = "silence", check_ms: int = 200) -> None:
         self.budget, self.max_pending_s = budget, max_pending_s
         self.backend, self.speculative_ms = backend, speculative_ms
+        self.semantic, self.check_ms = semantic, check_ms
         self.format, self.rate = settings.input_format, settings.rate
         self.received = 0                       # samples since the session began (audio_*_ms)
         self.manual: list[np.ndarray] = []
@@ -156,7 +174,8 @@ class AudioInput:
         if td is None:
             self.detector, self.params = None, None
         else:
-            self.params = detector_params(td, self.rate, backend=self.backend, speculative_ms=self.speculative_ms)
+            self.params = detector_params(td, self.rate, backend=self.backend, speculative_ms=self.speculative_ms,
+                                          semantic=self.semantic, check_ms=self.check_ms)
             self.detector = _DETECTORS[td.type](self.params)
         return kept
 

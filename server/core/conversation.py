@@ -71,7 +71,15 @@ from server.core.settings import SessionSettings, TurnDetection, apply_session_u
 from server.errors import ProtocolError
 from server.limits import TokenBucket
 from server.metrics import Metrics
-from server.vad import SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped, VadEvent
+from server.vad import (
+    SemanticVad,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+    TurnCheck,
+    VadEvent,
+)
 
 if TYPE_CHECKING:
     from agent import Session
@@ -154,7 +162,10 @@ class Conversation:
         self.settings = settings or self.default_settings(config)
         bucket = TokenBucket(lim.max_audio_seconds_per_s, lim.audio_burst_s, clock=runtime.now)
         self.audio = AudioInput(self.settings, budget=bucket, max_pending_s=lim.max_pending_audio_s,
-                                backend=vad.backend, speculative_ms=vad.speculative_ms)
+                                backend=vad.backend, speculative_ms=vad.speculative_ms,
+                                semantic=vad.semantic if engine.turn_models is not None else "silence",
+                                check_ms=vad.semantic_check_ms)
+        self._prepare_turn_models()
         self.frame_bucket = TokenBucket(lim.max_frames_per_s, lim.frame_burst, clock=runtime.now)
         self.frames: deque[Frame] = deque(maxlen=lim.max_frames_per_turn)
         self.log = ConversationLog()
@@ -264,7 +275,7 @@ class Conversation:
             if isinstance(ev, E.AudioAppend):
                 pcm, detector = self.accept_audio(ev)
                 if detector is not None and len(pcm):
-                    self.detected(detector, detector.process(pcm))
+                    self._apply(detector, detector.process(pcm))
             else:
                 self._dispatch(ev)
         except (ProtocolError, MMAgentError) as exc:
@@ -334,6 +345,7 @@ class Conversation:
         if turn is not None:
             self._drop_speculation(turn)
         kept = self.audio.configure(self.settings)
+        self._prepare_turn_models()
         self._in_samples, self._in_anchor = 0, None   # the input's clock restarts (its rate may differ)
         if self.audio.detector is None:
             self.audio.buffer(kept)
@@ -382,8 +394,12 @@ class Conversation:
 
     def detected(self, detector: TurnDetector, events: list[VadEvent]) -> list[E.ServerEvent]:
         """The detector's events for one chunk (ignored if the detector was replaced meanwhile)."""
+        self._apply(detector, events)
+        return self.take()
+
+    def _apply(self, detector: TurnDetector, events: list[VadEvent]) -> None:
         if detector is not self.audio.detector or self._closed:
-            return self.take()
+            return
         for e in events:
             if isinstance(e, SpeechStarted):
                 self._speech_started(e.audio_start_ms)
@@ -393,7 +409,62 @@ class Conversation:
                 self._speech_resumed(e.token)
             elif isinstance(e, SpeechStopped):
                 self._speech_stopped(e.audio_end_ms, e.audio, e.paused_token)
-        return self.take()
+            elif isinstance(e, TurnCheck) and isinstance(detector, SemanticVad):
+                self._turn_check(detector, e.token, e.audio)
+
+    # ---- semantic end of turn (semantic_vad) ----------------------------------------------------
+
+    def _prepare_turn_models(self) -> None:
+        """A semantic_vad session: start loading the end-of-turn models (once per server)."""
+        td = self.settings.turn_detection
+        if td is not None and td.type == "semantic_vad" and self.engine.turn_models is not None:
+            self.engine.turn_models.ready()
+
+    def _turn_check(self, detector: SemanticVad, token: int, audio: np.ndarray) -> None:
+        """``check_ms`` of silence in pause ``token``: ask the end-of-turn models (Smart Turn on
+        the audio now, the text model once the speculative transcript is there) and tell the
+        detector when this pause ends the turn. Speech resuming first makes the answer void."""
+        turn, models, td = self.input, self.engine.turn_models, self.settings.turn_detection
+        if turn is None or turn.state is not S.PAUSED or td is None:
+            return
+        fallback = self.audio.params.silence_ms if self.audio.params is not None else detector.max_wait_ms
+        if models is None or not models.ready():
+            self._resolve_turn(detector, token, fallback)   # still loading (or none): the fixed silence
+            return
+        spec = turn.speculation if turn.speculation is not None and turn.speculation.token == token else None
+        eagerness, rate = td.eagerness, self.audio.rate
+
+        async def check() -> None:
+            t0 = self.rt.now()
+            try:
+                p = await models.audio_probability(eagerness, audio, rate)
+                t_audio = self.rt.now()
+                transcript = None
+                if spec is not None:
+                    await asyncio.wait([spec.transcription])
+                    if spec.transcription.cancelled():
+                        return   # speech resumed: this pause is over
+                    if spec.transcription.exception() is None:
+                        transcript = spec.transcription.result().transcript
+                t_text = self.rt.now()
+                verdict = await models.verdict(eagerness, p, transcript)
+            except MMAgentError as exc:
+                log.warning("session %s: end-of-turn model failed, the turn ends on silence: %s", self.id, exc)
+                self._resolve_turn(detector, token, fallback)
+                return
+            self.metrics.stage.observe(self.rt.now() - t0, stage="end_of_turn")
+            log.debug("session %s: end of turn %s (P audio %.3f, text %s) → %d ms; Smart Turn %.0f ms, then the "
+                      "transcript %.0f ms, then the text model %.0f ms", self.id, verdict.reason, p,
+                      verdict.text_probability, verdict.end_after_ms, 1000 * (t_audio - t0), 1000 * (t_text - t_audio),
+                      1000 * (self.rt.now() - t_text))
+            self._resolve_turn(detector, token, verdict.end_after_ms)
+
+        self.rt.spawn(check(), name="turn_check")
+
+    def _resolve_turn(self, detector: SemanticVad, token: int, end_after_ms: int) -> None:
+        stopped = detector.resolve(token, end_after_ms)
+        if stopped is not None:
+            self._apply(detector, [stopped])
 
     def _new_turn(self, state: TurnState) -> Turn:
         self._turns += 1
