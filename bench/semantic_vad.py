@@ -15,7 +15,7 @@ Unlike ``bench/turn_taking.py`` (the detectors alone, their compute timed and ad
 the whole server path: Silero VAD, the speculative transcript (Whisper with key-term rescoring),
 Smart Turn and the text model in their own thread, and the event that ends the turn.
 
-    .venv/bin/python bench/semantic_vad.py [--pauses 400 1000] [--limit N] [--out artifacts/bench_semantic_vad.json]
+    .venv/bin/python bench/semantic_vad.py [--pauses 400 1000] [--limit N] [--modes ...] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.turn_taking import HELDOUT_COMPLETE, HELDOUT_PAUSED  # noqa: E402
-from bench.voice_common import RATE, Server, machine, pct  # noqa: E402
-from server.client import RealtimeClient  # noqa: E402
+from bench.turn_taking import HELDOUT_COMPLETE, HELDOUT_PAUSED
+from bench.voice_common import RATE, Server, machine, pct
+from server.client import RealtimeClient
 
 MODES = {"server_vad 500 ms": {"type": "server_vad", "silence_duration_ms": 500},
          "semantic_vad auto": {"type": "semantic_vad", "eagerness": "auto"}}
@@ -90,6 +90,7 @@ def main() -> int:
     ap.add_argument("--pauses", type=int, nargs="+", default=[400, 1000], help="pause lengths (ms)")
     ap.add_argument("--limit", type=int, default=None, help="first N sentences of each list only")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--out", default="artifacts/bench_semantic_vad.json")
     args = ap.parse_args()
 
@@ -119,11 +120,12 @@ def main() -> int:
         try:
             # Warm-up: the first semantic_vad session starts loading Smart Turn and SmolLM2.
             warm = utts[0][3]
-            for td in MODES.values():
-                asyncio.run(one(srv.ws_url, warm, td, True))
+            for name in args.modes:
+                asyncio.run(one(srv.ws_url, warm, MODES[name], True))
             time.sleep(30)
             asyncio.run(one(srv.ws_url, warm, MODES["semantic_vad auto"], True))
-            for name, td in MODES.items():
+            for name in args.modes:
+                td = MODES[name]
                 eot, held, cuts = [], 0, {p: 0 for p in args.pauses}
                 for kind, text, pause_ms, pcm, end_s in utts:
                     stops = asyncio.run(one(srv.ws_url, pcm, td, kind == "complete"))

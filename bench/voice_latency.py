@@ -33,8 +33,11 @@ SPOKEN = ["Where can I find the batteries?", "What are your opening hours?", "Ca
 
 
 async def client(url: str, idx: int, turns: int, voices: list[np.ndarray], audio: bool,
-                 res: dict[str, list[Any]]) -> None:
+                 res: dict[str, list[Any]], turn_detection: str = "server_vad") -> None:
     async with RealtimeClient(url, reconnect=False, open_timeout=120) as c:
+        if turn_detection != "server_vad":
+            await c.update_session(audio={"input": {"turn_detection": {"type": turn_detection}}})
+            await c.wait_for("session.updated")
         if audio:
             await c.speak(RATE)
             await c.wait_for("session.updated")
@@ -68,10 +71,12 @@ async def client(url: str, idx: int, turns: int, voices: list[np.ndarray], audio
                 await asyncio.sleep(max(0.0, first_audio + audio_s - time.perf_counter()))
 
 
-async def run(url: str, n: int, turns: int, voices: list[np.ndarray], audio: bool) -> dict[str, Any]:
+async def run(url: str, n: int, turns: int, voices: list[np.ndarray], audio: bool,
+              turn_detection: str = "server_vad") -> dict[str, Any]:
     res: dict[str, list[Any]] = {"audio": [], "text": [], "errors": []}
-    await asyncio.gather(*(client(url, i, turns, voices, audio, res) for i in range(n)))
-    return {"n": n, "output": "audio" if audio else "text", "turns": len(res["text"]),
+    await asyncio.gather(*(client(url, i, turns, voices, audio, res, turn_detection) for i in range(n)))
+    return {"n": n, "output": "audio" if audio else "text", "turn_detection": turn_detection,
+            "turns": len(res["text"]),
             "first_audio_ms": {"p50": pct(res["audio"], 50), "p95": pct(res["audio"], 95)},
             "first_text_ms": {"p50": pct(res["text"], 50), "p95": pct(res["text"], 95)},
             "errors": res["errors"], "raw": {k: [round(v, 1) for v in res[k]] for k in ("audio", "text")}}
@@ -82,6 +87,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--turns", type=int, default=8, help="turns of the single client (N=1)")
     ap.add_argument("--n-turns", type=int, default=2, help="turns per client for N > 1")
+    ap.add_argument("--turn-detection", nargs="+", default=["server_vad"], choices=["server_vad", "semantic_vad"],
+                    help="the sessions' turn_detection type (semantic_vad: Smart Turn + SmolLM2 decide)")
     ap.add_argument("--out", default=str(REPO / "artifacts" / "bench_voice_latency.json"))
     args = ap.parse_args()
     voices = [espeak(t) for t in SPOKEN]
@@ -89,9 +96,12 @@ def main() -> int:
     results: dict[str, Any] = {"machine_before": machine(), "runs": []}
     srv = Server({}, state, "voice_latency")
     try:
+        if "semantic_vad" in args.turn_detection:   # load the end-of-turn models (in the background)
+            asyncio.run(run(srv.ws_url, 1, 1, voices, False, "semantic_vad"))
+            time.sleep(20)
         for n in args.n:
-            for audio in (True, False):   # alternate: load from other jobs falls on both alike
-                r = asyncio.run(run(srv.ws_url, n, args.turns if n == 1 else args.n_turns, voices, audio))
+            for td, audio in ((td, audio) for td in args.turn_detection for audio in (True, False)):
+                r = asyncio.run(run(srv.ws_url, n, args.turns if n == 1 else args.n_turns, voices, audio, td))
                 r["loadavg_after"] = machine()["loadavg_1_5_15"]
                 print(json.dumps({k: v for k, v in r.items() if k != "raw"}), flush=True)
                 results["runs"].append(r)
@@ -102,12 +112,13 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(results, indent=2))
     m = results["machine_before"]
     print(f"\n{m['cpu']} ({m['cores']} cores), load average before {m['loadavg_1_5_15']}")
-    print("| N | reply | turns | end of speech → first audio p50 / p95 (ms) | → first text p50 / p95 (ms) |")
-    print("|---|---|---|---|---|")
+    print("| N | turn detection | reply | turns | end of speech → first audio p50 / p95 (ms) | → first text p50 / p95 (ms) |")
+    print("|---|---|---|---|---|---|")
     for r in results["runs"]:
         fa, ft = r["first_audio_ms"], r["first_text_ms"]
         audio_cell = f"{fa['p50']} / {fa['p95']}" if r["output"] == "audio" else "—"
-        print(f"| {r['n']} | {r['output']} | {r['turns']} | {audio_cell} | {ft['p50']} / {ft['p95']} |")
+        print(f"| {r['n']} | {r['turn_detection']} | {r['output']} | {r['turns']} | {audio_cell} | "
+              f"{ft['p50']} / {ft['p95']} |")
     print(f"\nwritten to {args.out}")
     return 0
 

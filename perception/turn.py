@@ -197,7 +197,8 @@ class TurnVerdict:
     may already be the case: end now), unless speech resumes first.
 
     ``probability``: the model's P(complete), None when no model was asked. ``reason``:
-    "silence", "complete", "unsure", "incomplete", "transcript_incomplete" or "text_incomplete".
+    "silence", "complete", "unsure", "incomplete", "transcript_incomplete", "text_incomplete" or
+    "audio_incomplete" (Smart Turn said incomplete, the text reads finished: ``text_wait_ms``).
     ``text_probability``: the language model's P(the sentence ends here), None when not asked.
     """
 
@@ -326,7 +327,9 @@ class SmartTurnDetector:
 
     With ``text_model`` set and a transcript given, a transcript it scores below
     ``text_threshold`` waits ``text_wait_ms`` (None: ``max_silence_ms``) even when the audio
-    sounds complete: both must say complete for the turn to end at the check.
+    sounds complete: both must say complete for the turn to end at the check. With a
+    ``text_wait_ms`` shorter than the long limit, the other disagreement (the audio sounds
+    unfinished, the text reads finished) waits ``text_wait_ms`` too.
     """
 
     name = "smart_turn"
@@ -354,6 +357,15 @@ class SmartTurnDetector:
     def verdict(self, p: float, transcript: str | None = None) -> TurnVerdict:
         """The decision from Smart Turn's ``p`` and, where given, the transcript."""
         if p < self.threshold:
+            # The audio sounds unfinished. With a shorter text wait configured, a transcript that
+            # reads finished waits only that long: the two disagree, and a complete question
+            # Smart Turn misjudges ("What floor is the electronics section on?") is not held
+            # for the long limit.
+            if self.text_model is not None and transcript is not None and self.text_wait_ms < self.max_silence_ms \
+                    and not (self.use_transcript and transcript_incomplete(transcript)):
+                q = self.text_model.probability(transcript)
+                reason = "audio_incomplete" if q >= self.text_threshold else "incomplete"
+                return TurnVerdict(self.text_wait_ms if q >= self.text_threshold else self.max_silence_ms, p, reason, q)
             return TurnVerdict(self.max_silence_ms, p, "incomplete")
         if self.use_transcript and transcript is not None and transcript_incomplete(transcript):
             return TurnVerdict(self.max_silence_ms, p, "transcript_incomplete")

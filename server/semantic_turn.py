@@ -9,10 +9,12 @@ over. ``vad.semantic`` chooses them:
   both say complete for the turn to end at the check (``perception.turn.SmartTurnDetector``);
 - ``"smart_turn"``: the audio model and the dangling-word rule only.
 
-Smart Turn says "incomplete": the turn waits for the eagerness's long limit (low 8 s, medium and
-auto 4 s, high 2 s, as in Realtime GA). The text reads unfinished ("I'm looking for the"): it
-waits :data:`TEXT_WAIT_MS` (auto 1.5 s), long enough for a hesitation, short enough that a
-complete question Whisper mis-heard ("Where are the toilet") is not held for the long limit.
+Both say unfinished: the turn waits for the eagerness's long limit (low 8 s, medium and auto
+4 s, high 2 s, as in Realtime GA). They disagree (the text reads unfinished, "I'm looking for
+the", or the audio sounds unfinished while the text reads finished): it waits
+:data:`TEXT_WAIT_MS` (auto 1.5 s), long enough for a hesitation, short enough that a complete
+question one of them misjudges ("What floor is the electronics section on?", which Smart Turn
+scores 0.007) is not held for the long limit.
 
 The models load in the background the first time a session asks (the server's start does not
 wait for them); until then, or if they cannot load, semantic_vad ends a turn after the

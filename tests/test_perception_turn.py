@@ -213,6 +213,31 @@ def test_smart_turn_with_lm_waits_on_unfinished_text(steady_voice: object, text_
     assert v.reason == "text_incomplete" and v.end_after_ms == 500, v
 
 
+class _SaysIncomplete:
+    """A Smart Turn stand-in that always hears an unfinished turn (P = 0.1)."""
+
+    def probability(self, audio: np.ndarray) -> float:
+        return 0.1
+
+
+def test_unfinished_audio_with_finished_text_waits_the_text_wait(text_turn: TextTurnModel) -> None:
+    """Smart Turn says incomplete, the text reads finished: with a short text wait the turn ends
+    there, not at the long limit; an unfinished text, or no short wait configured, still waits
+    the long limit (the real language model decides the text)."""
+    audio = np.zeros(16000, np.float32)
+    short = SmartTurnDetector(_SaysIncomplete(), max_silence_ms=4000, text_model=text_turn,  # type: ignore[arg-type]
+                              text_wait_ms=1500)
+    v = short.decide(audio, 16000, transcript="What floor is the electronics section on.")
+    assert v.reason == "audio_incomplete" and v.end_after_ms == 1500 and v.text_probability is not None, v
+    v = short.decide(audio, 16000, transcript="What time do you.")
+    assert v.reason == "incomplete" and v.end_after_ms == 4000, v
+    v = short.decide(audio, 16000, transcript="I'm looking for the.")     # the word rule: no LM call
+    assert v.reason == "incomplete" and v.end_after_ms == 4000 and v.text_probability is None, v
+    default = SmartTurnDetector(_SaysIncomplete(), max_silence_ms=4000, text_model=text_turn)  # type: ignore[arg-type]
+    v = default.decide(audio, 16000, transcript="What floor is the electronics section on.")
+    assert v.reason == "incomplete" and v.end_after_ms == 4000 and v.text_probability is None, v
+
+
 def test_text_model_config_errors() -> None:
     """The text options are validated like the rest, and off by default."""
     assert TurnConfig().text_model == "none" and TurnConfig(mode="smart_turn").text_wait_ms is None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent import Session
 from perception.errors import ConfigError
 from perception.turn import TurnVerdict
 from server.core import events as E
@@ -22,7 +23,6 @@ from server.core.audio_input import SEMANTIC_SILENCE_MS
 from server.core.codec import Codec
 from server.core.conversation import Conversation
 from server.vad import SemanticVad, SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped, TurnCheck
-from agent import Session
 from tests.core_fakes import FakeEngine, FakeRuntime, settle, types
 
 RATE = 24000
@@ -97,7 +97,7 @@ def test_semantic_vad_rejects_a_check_beyond_its_limit() -> None:
 def test_server_config_names_bad_semantic_settings() -> None:
     from server.config import load_config
 
-    with pytest.raises(ConfigError, match="vad.semantic"):
+    with pytest.raises(ConfigError, match=r"vad\.semantic"):
         load_config(None, env={}, overrides={"vad": {"semantic": "smart"}})
     with pytest.raises(ConfigError, match="semantic_check_ms"):
         load_config(None, env={}, overrides={"vad": {"semantic_check_ms": 5}})
