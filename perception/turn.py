@@ -161,6 +161,8 @@ class TurnConfig:
     text_model: TextModel = "none"        # "lm": the transcript must also read finished (TextTurnModel)
     text_threshold: float = TEXT_THRESHOLD  # P(sentence ends) below this: the text is unfinished
     text_wait_ms: int | None = None       # an unfinished text waits this long; None = the long limit
+    text_sure: float | None = None        # set: a text scored ≥ this ends a turn the audio calls
+                                          # unfinished after unsure_ms (Smart Turn misjudges a voice)
 
     def __post_init__(self) -> None:
         if self.mode not in ("silence", "smart_turn"):
@@ -186,6 +188,10 @@ class TurnConfig:
         if (not isinstance(self.text_threshold, (int, float)) or isinstance(self.text_threshold, bool)
                 or not 0.0 < self.text_threshold < 1.0):
             raise ConfigError(f"turn.text_threshold must be in (0, 1), got {self.text_threshold!r}")
+        sure = self.text_sure
+        if sure is not None and (self.text_model != "lm" or isinstance(sure, bool) or not isinstance(sure, (int, float))
+                                 or not self.text_threshold < sure < 1.0):
+            raise ConfigError(f"turn.text_sure needs text_model 'lm' and a value in (text_threshold, 1), got {sure!r}")
         wait = self.text_wait_ms
         if wait is not None and (not isinstance(wait, int) or isinstance(wait, bool) or wait <= self.check_ms):
             raise ConfigError(f"turn.text_wait_ms must be an integer above check_ms ({self.check_ms}), got {wait!r}")
@@ -329,7 +335,9 @@ class SmartTurnDetector:
     ``text_threshold`` waits ``text_wait_ms`` (None: ``max_silence_ms``) even when the audio
     sounds complete: both must say complete for the turn to end at the check. With a
     ``text_wait_ms`` shorter than the long limit, the other disagreement (the audio sounds
-    unfinished, the text reads finished) waits ``text_wait_ms`` too.
+    unfinished, the text reads finished) waits ``text_wait_ms`` too; with ``text_sure`` set, a
+    text scored at least that waits only ``unsure_ms`` there (Smart Turn misjudges some voices:
+    espeak-ng's "Can I return these shoes?" scores 0.03).
     """
 
     name = "smart_turn"
@@ -337,12 +345,14 @@ class SmartTurnDetector:
     def __init__(self, model: SmartTurnModel, *, check_ms: int = 200, threshold: float = 0.5,
                  max_silence_ms: int = 4000, use_transcript: bool = True, confident: float | None = None,
                  unsure_ms: int = 500, text_model: TextTurnModel | None = None,
-                 text_threshold: float = TEXT_THRESHOLD, text_wait_ms: int | None = None) -> None:
+                 text_threshold: float = TEXT_THRESHOLD, text_wait_ms: int | None = None,
+                 text_sure: float | None = None) -> None:
         self.model, self.check_ms, self.threshold = model, check_ms, threshold
         self.max_silence_ms, self.use_transcript = max_silence_ms, use_transcript
         self.confident, self.unsure_ms = confident, unsure_ms
         self.text_model, self.text_threshold = text_model, text_threshold
         self.text_wait_ms = text_wait_ms if text_wait_ms is not None else max_silence_ms
+        self.text_sure = text_sure
         if text_model is not None:
             self.name = "smart_turn+lm"
 
@@ -361,11 +371,15 @@ class SmartTurnDetector:
             # reads finished waits only that long: the two disagree, and a complete question
             # Smart Turn misjudges ("What floor is the electronics section on?") is not held
             # for the long limit.
-            if self.text_model is not None and transcript is not None and self.text_wait_ms < self.max_silence_ms \
+            if self.text_model is not None and transcript is not None \
+                    and (self.text_wait_ms < self.max_silence_ms or self.text_sure is not None) \
                     and not (self.use_transcript and transcript_incomplete(transcript)):
-                q = self.text_model.probability(transcript)
-                reason = "audio_incomplete" if q >= self.text_threshold else "incomplete"
-                return TurnVerdict(self.text_wait_ms if q >= self.text_threshold else self.max_silence_ms, p, reason, q)
+                ends = self.text_model.probability(transcript)
+                if self.text_sure is not None and ends >= self.text_sure:   # the text is sure: a short wait
+                    return TurnVerdict(max(self.check_ms, self.unsure_ms), p, "audio_incomplete", ends)
+                if ends >= self.text_threshold and self.text_wait_ms < self.max_silence_ms:
+                    return TurnVerdict(self.text_wait_ms, p, "audio_incomplete", ends)
+                return TurnVerdict(self.max_silence_ms, p, "incomplete", ends)
             return TurnVerdict(self.max_silence_ms, p, "incomplete")
         if self.use_transcript and transcript is not None and transcript_incomplete(transcript):
             return TurnVerdict(self.max_silence_ms, p, "transcript_incomplete")
@@ -410,4 +424,5 @@ def make_turn_detector(config: TurnConfig | None = None) -> EndOfTurnDetector:
                              max_silence_ms=config.max_silence_ms or limit, use_transcript=config.use_transcript,
                              confident=config.confident, unsure_ms=config.unsure_ms,
                              text_model=load_text_turn_model() if config.text_model == "lm" else None,
-                             text_threshold=config.text_threshold, text_wait_ms=config.text_wait_ms)
+                             text_threshold=config.text_threshold, text_wait_ms=config.text_wait_ms,
+                             text_sure=config.text_sure)

@@ -14,7 +14,9 @@ Both say unfinished: the turn waits for the eagerness's long limit (low 8 s, med
 the", or the audio sounds unfinished while the text reads finished): it waits
 :data:`TEXT_WAIT_MS` (auto 1.5 s), long enough for a hesitation, short enough that a complete
 question one of them misjudges ("What floor is the electronics section on?", which Smart Turn
-scores 0.007) is not held for the long limit.
+scores 0.007) is not held for the long limit. The audio sounds unfinished but the text is sure
+(P(the sentence ends) ≥ 0.05): the eagerness's fixed silence (auto 600 ms) — Smart Turn hears
+espeak-ng's robotic voices as unfinished ("Can I return these shoes?" 0.03).
 
 The models load in the background the first time a session asks (the server's start does not
 wait for them); until then, or if they cannot load, semantic_vad ends a turn after the
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from perception.errors import ConfigError, MMAgentError
+from server.core.audio_input import SEMANTIC_SILENCE_MS
 
 if TYPE_CHECKING:
     from perception.turn import SmartTurnDetector, TurnVerdict
@@ -39,8 +42,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("mmagent.server")
 
 EAGERNESSES = ("low", "medium", "high", "auto")
-# An unfinished transcript waits this long (ms), by eagerness.
+# The two models disagree: the turn waits this long (ms), by eagerness.
 TEXT_WAIT_MS = {"low": 3000, "medium": 1500, "auto": 1500, "high": 1000}
+# ... unless the audio sounds unfinished and the text is sure it is finished (P(end) ≥ TEXT_SURE:
+# 39 of 40 complete kiosk sentences, none of 40 unfinished phrases): the eagerness's fixed silence.
+TEXT_SURE = 0.05
 
 
 class EndOfTurnModels(Protocol):
@@ -92,7 +98,9 @@ class SemanticTurnModels:
             for eagerness in EAGERNESSES:
                 d = make_turn_detector(TurnConfig(mode="smart_turn", eagerness=eagerness,  # type: ignore[arg-type]
                                                   text_model="lm" if self.kind == "smart_turn+lm" else "none",
-                                                  text_wait_ms=TEXT_WAIT_MS[eagerness]))
+                                                  text_wait_ms=TEXT_WAIT_MS[eagerness],
+                                                  text_sure=TEXT_SURE if self.kind == "smart_turn+lm" else None,
+                                                  unsure_ms=SEMANTIC_SILENCE_MS[eagerness]))
                 assert isinstance(d, SmartTurnDetector)
                 detectors[eagerness] = d
             next(iter(detectors.values())).audio_probability(np.zeros(1600, np.int16), 16000)   # first-call warm-up

@@ -233,6 +233,16 @@ def test_unfinished_audio_with_finished_text_waits_the_text_wait(text_turn: Text
     assert v.reason == "incomplete" and v.end_after_ms == 4000, v
     v = short.decide(audio, 16000, transcript="I'm looking for the.")     # the word rule: no LM call
     assert v.reason == "incomplete" and v.end_after_ms == 4000 and v.text_probability is None, v
+    sure = SmartTurnDetector(_SaysIncomplete(), max_silence_ms=4000, text_model=text_turn, text_wait_ms=1500,  # type: ignore[arg-type]
+                             text_sure=0.05, unsure_ms=600)
+    v = sure.decide(audio, 16000, transcript="Where can I find the batteries.")      # P(end) ≈ 0.26
+    assert v.reason == "audio_incomplete" and v.end_after_ms == 600, v
+    v = sure.decide(audio, 16000, transcript="What time do you.")
+    assert v.reason == "incomplete" and v.end_after_ms == 4000, v
+    with pytest.raises(ConfigError, match="text_sure"):
+        TurnConfig(mode="smart_turn", text_sure=0.05)          # needs the text model
+    with pytest.raises(ConfigError, match="text_sure"):
+        TurnConfig(mode="smart_turn", text_model="lm", text_sure=0.001)   # below text_threshold
     default = SmartTurnDetector(_SaysIncomplete(), max_silence_ms=4000, text_model=text_turn)  # type: ignore[arg-type]
     v = default.decide(audio, 16000, transcript="What floor is the electronics section on.")
     assert v.reason == "incomplete" and v.end_after_ms == 4000 and v.text_probability is None, v
