@@ -89,12 +89,16 @@ def main() -> int:
     ap.add_argument("--n-turns", type=int, default=2, help="turns per client for N > 1")
     ap.add_argument("--turn-detection", nargs="+", default=["server_vad"], choices=["server_vad", "semantic_vad"],
                     help="the sessions' turn_detection type (semantic_vad: Smart Turn + SmolLM2 decide)")
+    ap.add_argument("--no-rescore", action="store_true",
+                    help="the server without key-term rescoring (perception.speech_term_rescore false)")
     ap.add_argument("--out", default=str(REPO / "artifacts" / "bench_voice_latency.json"))
     args = ap.parse_args()
     voices = [espeak(t) for t in SPOKEN]
     state = tempfile.mkdtemp(prefix="mmagent-bench-voice-")
     results: dict[str, Any] = {"machine_before": machine(), "runs": []}
-    srv = Server({}, state, "voice_latency")
+    cfg: dict[str, Any] = {"perception": {"speech_term_rescore": False}} if args.no_rescore else {}
+    results["config"] = cfg
+    srv = Server(cfg, state, "voice_latency")
     try:
         if "semantic_vad" in args.turn_detection:   # load the end-of-turn models (in the background)
             asyncio.run(run(srv.ws_url, 1, 1, voices, False, "semantic_vad"))
