@@ -11,6 +11,11 @@ import torch
 
 from .errors import MMAgentError, ModelLoadError
 
+# transformers' from_pretrained builds a model on the "meta" device by patching torch globally,
+# so two loads in different threads at once break each other ("Cannot copy out of meta tensor"):
+# every transformers load in this project (text encoder, CLIP/SigLIP, the language models) holds it.
+TRANSFORMERS_LOAD_LOCK = threading.RLock()
+
 T = TypeVar("T")
 InT = TypeVar("InT", contravariant=True)
 OutT = TypeVar("OutT", covariant=True)

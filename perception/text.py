@@ -13,6 +13,7 @@ import torch
 
 from .config import Limits, PerceptionConfig
 from .errors import ConfigError, InvalidTextError, TextTooLongError
+from .runtime import TRANSFORMERS_LOAD_LOCK
 from .types import TextEncoding
 
 DEFAULT_TEXT_NAME = "all-MiniLM-L6-v2"
@@ -70,8 +71,9 @@ class TextEncoder:
 
         path = config.text_model or default_text_model_path()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path, dtype=dtype).to(device).eval()
+            with TRANSFORMERS_LOAD_LOCK:
+                self.tokenizer = AutoTokenizer.from_pretrained(path)
+                self.model = AutoModel.from_pretrained(path, dtype=dtype).to(device).eval()
         except OSError as exc:
             raise ConfigError(f"text_model {config.text_model!r} cannot be loaded: {exc}") from exc
         self.device = device

@@ -27,6 +27,7 @@ from .efficientnet_lite import load_lite0
 from .errors import ConfigError
 from .faces import FaceDetector
 from .images import DecodedImage
+from .runtime import TRANSFORMERS_LOAD_LOCK
 from .types import Faces, FrameEncoding, Label
 
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
@@ -134,8 +135,9 @@ class ClipBackend:
         path = config.vision_model
         assert path is not None  # validated by PerceptionConfig
         try:
-            self.model = AutoModel.from_pretrained(path, dtype=dtype).to(device).eval()
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            with TRANSFORMERS_LOAD_LOCK:
+                self.model = AutoModel.from_pretrained(path, dtype=dtype).to(device).eval()
+                tokenizer = AutoTokenizer.from_pretrained(path)
         except OSError as exc:
             raise ConfigError(f"vision_model {path!r} cannot be loaded as CLIP/SigLIP: {exc}") from exc
         if not hasattr(self.model, "get_image_features"):

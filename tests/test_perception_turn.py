@@ -261,3 +261,31 @@ def test_text_model_config_errors() -> None:
     for wait in (200, 100, 2.5):
         with pytest.raises(ConfigError, match="text_wait_ms"):
             TurnConfig(mode="smart_turn", text_model="lm", check_ms=200, text_wait_ms=wait)  # type: ignore[arg-type]
+
+
+def test_language_models_load_in_two_threads_at_once() -> None:
+    """A server loads the text turn model in the background while another language model may be
+    loading (the responder's, a second server's): transformers builds models on the meta device by
+    patching torch globally, so without the shared load lock both loads broke ("Cannot copy out
+    of meta tensor")."""
+    import threading
+
+    from agent.config import LocalLLMConfig
+    from agent.responders.local import LocalLLM
+
+    llms = [LocalLLM(LocalLLMConfig(device="cpu", quantize=None)) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def load(llm: LocalLLM) -> None:
+        try:
+            llm.load()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(llm,)) for llm in llms]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    assert all(llm.model is not None and not any(p.is_meta for p in llm.model.parameters()) for llm in llms)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from perception.errors import ConfigError, ModelLoadError
+from perception.runtime import TRANSFORMERS_LOAD_LOCK
 
 from ..config import DEFAULT_GGUF_FILE, DEFAULT_GGUF_PACKAGE, LocalLLMConfig, default_cache_dir
 from ..prompt import Prompt
@@ -141,7 +142,7 @@ class LocalLLM:
         """Load now (idempotent). Raises :class:`ModelLoadError` naming the source."""
         if self._model is not None:
             return
-        with self._load_lock:
+        with self._load_lock, TRANSFORMERS_LOAD_LOCK:
             if self._model is not None:
                 return
             t0 = time.perf_counter()
