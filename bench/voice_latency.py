@@ -91,12 +91,18 @@ def main() -> int:
                     help="the sessions' turn_detection type (semantic_vad: Smart Turn + SmolLM2 decide)")
     ap.add_argument("--no-rescore", action="store_true",
                     help="the server without key-term rescoring (perception.speech_term_rescore false)")
+    ap.add_argument("--beam", type=int, default=None, help="the server's Whisper beam (perception.speech_beam_size)")
     ap.add_argument("--out", default=str(REPO / "artifacts" / "bench_voice_latency.json"))
     args = ap.parse_args()
     voices = [espeak(t) for t in SPOKEN]
     state = tempfile.mkdtemp(prefix="mmagent-bench-voice-")
     results: dict[str, Any] = {"machine_before": machine(), "runs": []}
-    cfg: dict[str, Any] = {"perception": {"speech_term_rescore": False}} if args.no_rescore else {}
+    perception: dict[str, Any] = {}
+    if args.no_rescore:
+        perception["speech_term_rescore"] = False
+    if args.beam is not None:
+        perception["speech_beam_size"] = args.beam
+    cfg: dict[str, Any] = {"perception": perception} if perception else {}
     results["config"] = cfg
     srv = Server(cfg, state, "voice_latency")
     try:
