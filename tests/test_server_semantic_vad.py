@@ -260,3 +260,31 @@ def test_real_models_end_a_question_early_and_wait_through_a_hesitation(semantic
     assert [e["type"].rsplit(".", 1)[1] for e in seen] == ["speech_started", "speech_stopped"], seen
     seen = asyncio.run(_turns(semantic_server.ws_url, hesitant, {"type": "server_vad"}))
     assert [e["type"].rsplit(".", 1)[1] for e in seen].count("speech_stopped") == 2, seen
+
+
+class FailingTurnModels(ScriptedTurnModels):
+    """Models that fail at the check (a broken model file, a thread shut down)."""
+
+    async def verdict(self, eagerness: str, p: float, transcript: str | None) -> TurnVerdict:
+        from perception.errors import ModelLoadError
+
+        raise ModelLoadError("the end-of-turn model broke")
+
+
+def test_a_failing_model_ends_the_turn_on_the_fixed_silence() -> None:
+    """The models fail at the check: the turn still ends, after the eagerness's fixed silence,
+    and the session goes on (one response, no task failure)."""
+    async def main() -> None:
+        conv, _, rt = conversation(FailingTurnModels(200))
+        try:
+            kinds, at_ms = await stream_until_stopped(conv, 3.0)
+            silence = SEMANTIC_SILENCE_MS["auto"]
+            assert at_ms is not None and silence <= at_ms <= silence + 100, (at_ms, kinds)
+            for _ in range(20):
+                await settle()
+                kinds += types(conv.take())
+            assert kinds.count("response.created") == 1 and not rt.failures
+        finally:
+            await conv.close()
+
+    asyncio.run(main())

@@ -448,7 +448,7 @@ class Conversation:
                         transcript = spec.transcription.result().transcript
                 t_text = self.rt.now()
                 verdict = await models.verdict(eagerness, p, transcript)
-            except MMAgentError as exc:
+            except (MMAgentError, RuntimeError) as exc:   # RuntimeError: its thread is shut down (server stop)
                 log.warning("session %s: end-of-turn model failed, the turn ends on silence: %s", self.id, exc)
                 self._resolve_turn(detector, token, fallback)
                 return
