@@ -568,6 +568,9 @@ class _Batcher:
                         continue
                     if not s.done:
                         self._join(s)
+                # A prefill can take longer than a step: a reply cancelled meanwhile (its first
+                # token already counted) must not get another one in the same round.
+                self._drop([s for s in self.active if s.cancel.is_set()])
                 if self.active:
                     try:
                         self._step()
