@@ -153,7 +153,7 @@ class LocalEngine:
         self.config, self.metrics = config, metrics
         self.voice: Voice | None = None
         self.turn_models: EndOfTurnModels | None = (
-            SemanticTurnModels(config.vad.semantic) if config.vad.semantic != "silence" else None)
+            SemanticTurnModels(config.vad.semantic, metrics=metrics) if config.vad.semantic != "silence" else None)
         b = config.batching
         self.executor = ThreadPoolExecutor(b.model_threads, thread_name_prefix="model")
         # VAD and other tiny per-chunk work get their own thread so they never wait behind Whisper.
@@ -391,7 +391,7 @@ class LocalEngine:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.light_executor.shutdown(wait=False, cancel_futures=True)
         if isinstance(self.turn_models, SemanticTurnModels):
-            self.turn_models.close()
+            await self.turn_models.close()
 
 
 def perception_config_for(config: ServerConfig) -> Any:

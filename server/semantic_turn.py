@@ -21,7 +21,10 @@ espeak-ng's robotic voices as unfinished ("Can I return these shoes?" 0.03).
 The models load in the background the first time a session asks (the server's start does not
 wait for them); until then, or if they cannot load, semantic_vad ends a turn after the
 eagerness's fixed silence (``server.core.audio_input.SEMANTIC_SILENCE_MS``). Their calls run in
-one thread of their own, so they never wait behind Whisper or delay another session's VAD.
+threads of their own, so they never wait behind Whisper or delay another session's VAD: Smart
+Turn (one ONNX thread) in one, the text model in another, where the transcripts of sessions
+pausing at the same time go through it as one batch (one forward pass of SmolLM2 costs about
+the same for one transcript as for several: it is bound by reading the weights).
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from perception.errors import ConfigError, MMAgentError
+from server.batcher import MicroBatcher
 from server.core.audio_input import SEMANTIC_SILENCE_MS
 
 if TYPE_CHECKING:
     from perception.turn import SmartTurnDetector, TurnVerdict
+    from server.metrics import Metrics
 
 log = logging.getLogger("mmagent.server")
 
@@ -68,11 +73,13 @@ class EndOfTurnModels(Protocol):
 class SemanticTurnModels:
     """:class:`EndOfTurnModels` from ``perception.turn`` (one detector per eagerness, one model)."""
 
-    def __init__(self, kind: str = "smart_turn+lm") -> None:
+    def __init__(self, kind: str = "smart_turn+lm", *, metrics: Metrics | None = None) -> None:
         if kind not in ("smart_turn+lm", "smart_turn"):
             raise ConfigError(f"semantic turn models must be 'smart_turn+lm' or 'smart_turn', got {kind!r}")
-        self.kind = kind
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="turn")
+        self.kind, self.metrics = kind, metrics
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="turn")            # loading, Smart Turn
+        self.text_executor = ThreadPoolExecutor(1, thread_name_prefix="turn-text")  # the text model, batched
+        self._text: MicroBatcher[str, float] | None = None
         self._detectors: dict[str, SmartTurnDetector] | None = None
         self._loading: Future[None] | None = None
         self.error: MMAgentError | None = None
@@ -109,6 +116,11 @@ class SemanticTurnModels:
             log.warning("semantic_vad falls back to silence: its end-of-turn model did not load: %s [%s]",
                         exc, exc.code)
             return
+        text_model = next(iter(detectors.values())).text_model      # one model, shared by the eagernesses
+        if text_model is not None:
+            # No wait for company: a call runs at once; the calls that come meanwhile form the next batch.
+            self._text = MicroBatcher("turn_text", text_model.probabilities, executor=self.text_executor,
+                                      max_batch=16, max_wait_ms=0.0, metrics=self.metrics)
         self._detectors = detectors
         log.info("semantic_vad: end-of-turn models loaded (%s)", self.kind)
 
@@ -124,7 +136,14 @@ class SemanticTurnModels:
 
     async def verdict(self, eagerness: str, p: float, transcript: str | None) -> TurnVerdict:
         detector = self._detector(eagerness)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, detector.verdict, p, transcript)
+        q = None
+        if self._text is not None and detector.needs_text(transcript):
+            assert transcript is not None
+            q = await self._text.submit(transcript)
+        return detector.verdict(p, transcript, q)   # the rules only, given q: no model runs on the loop
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        if self._text is not None:
+            await self._text.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.text_executor.shutdown(wait=False, cancel_futures=True)

@@ -188,6 +188,27 @@ def test_text_model_is_thread_safe(text_turn: TextTurnModel) -> None:
     assert together == pytest.approx(alone * 2, rel=1e-4, abs=1e-7)
 
 
+def test_text_model_batches_give_what_each_gets_alone(text_turn: TextTurnModel) -> None:
+    """Transcripts of different lengths in one forward pass (right-padded): each the probability
+    it gets alone; an empty one 1.0 without a pass."""
+    texts = [UNFINISHED[0], FINISHED[1], "", "Do you sell a USB-C phone charger and a case for it?", UNFINISHED[2]]
+    alone = [text_turn.probability(t) for t in texts]
+    assert text_turn.probabilities(texts) == pytest.approx(alone, rel=1e-4, abs=1e-7)
+    assert text_turn.probabilities(["", "..."]) == [1.0, 1.0] and text_turn.probabilities([]) == []
+
+
+def test_verdict_takes_the_text_probability_already_asked(text_turn: TextTurnModel) -> None:
+    """needs_text says when the rules read the text; given its probability, verdict decides the
+    same as when it asks the model itself."""
+    d = SmartTurnDetector(_SaysIncomplete(), max_silence_ms=4000, text_model=text_turn,  # type: ignore[arg-type]
+                          text_wait_ms=1500, text_sure=0.05, unsure_ms=600)
+    assert not d.needs_text(None) and not d.needs_text("I'm looking for the.")      # the word rule decides
+    for text in (FINISHED[0], UNFINISHED[0]):
+        assert d.needs_text(text)
+        for p in (0.1, 0.9):
+            assert d.verdict(p, text, text_turn.probability(text)) == d.verdict(p, text)
+
+
 def test_smart_turn_with_lm_waits_on_unfinished_text(steady_voice: object, text_turn: TextTurnModel) -> None:
     """Audio that sounds finished ends the turn only when the transcript reads finished too; an
     unfinished one the word rule lets through ("What time do you.") waits the long limit, or

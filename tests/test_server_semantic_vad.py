@@ -262,6 +262,37 @@ def test_real_models_end_a_question_early_and_wait_through_a_hesitation(semantic
     assert [e["type"].rsplit(".", 1)[1] for e in seen].count("speech_stopped") == 2, seen
 
 
+def test_sessions_pausing_together_share_one_text_model_pass(semantic_server: Any) -> None:
+    """The server's end-of-turn models: verdicts asked at the same time go through SmolLM2 as one
+    batch, each the verdict it gets alone."""
+    models = semantic_server.server.engine.turn_models
+    assert models._text is not None
+    texts = ["Where can I find the batteries", "What time do you", "Can I pay with my phone", "Is it possible to"]
+    batches: list[int] = []
+    run = models._text.fn
+
+    def counted(items: list[str]) -> list[float]:
+        batches.append(len(items))
+        return run(items)
+
+    async def ask_all() -> list[Any]:
+        return list(await asyncio.gather(*(models.verdict("auto", 0.9, t) for t in texts)))
+
+    alone = [models._detector("auto").verdict(0.9, t) for t in texts]
+    models._text.fn = counted
+    try:   # on the server's loop, where its sessions ask
+        together = asyncio.run_coroutine_threadsafe(ask_all(), semantic_server.loop).result(120)
+    finally:
+        models._text.fn = run
+    assert [v.reason for v in together] == [v.reason for v in alone], (together, alone)
+    for v, w in zip(together, alone, strict=True):
+        assert (v.text_probability is None) == (w.text_probability is None), (v, w)
+        if w.text_probability is not None:
+            assert v.text_probability == pytest.approx(w.text_probability, rel=1e-4), (v, w)
+    asked = sum(w.text_probability is not None for w in alone)
+    assert asked >= 3 and sum(batches) == asked and len(batches) < asked, batches
+
+
 class FailingTurnModels(ScriptedTurnModels):
     """Models that fail at the check (a broken model file, a thread shut down)."""
 
