@@ -30,6 +30,22 @@ def _spoken(term: str, heading: bool = False) -> str:
     return " ".join(words)
 
 
+def entry_terms(pack: Any) -> list[list[str]]:
+    """Each entry's spoken names: its product name, its title (without a trailing "location" or
+    "policy") and its aliases, in that order — the ways a customer names that one entry (its
+    keywords are left out: several entries share them)."""
+    out = []
+    for entry in getattr(pack, "entries", ()):
+        forms = []
+        if getattr(entry, "name", ""):
+            forms.append(_spoken(entry.name))
+        if getattr(entry, "title", ""):
+            forms.append(_LOCATION.sub("", _spoken(entry.title, heading=True)))
+        forms += [_spoken(a) for a in getattr(entry, "aliases", ()) or ()]
+        out.append([f for f in forms if f])
+    return out
+
+
 def pack_vocabulary(pack: Any) -> list[str]:
     """Terms of ``pack`` for the recogniser, most specific first, without duplicates.
 

@@ -14,7 +14,9 @@ Sentences that name no pack term (``NEGATIVES``) are spoken the same way; "false
 the clips of theirs whose transcript holds a pack term (what biasing or rescoring invented).
 
 Key-term recall: the share of the pack terms said in a question that the transcript contains
-(lower case, hyphens as spaces: "self-checkout" = "self checkout"). False terms: pack terms in a
+(lower case, hyphens as spaces: "self-checkout" = "self checkout"). Entry recall: the share whose
+pack entry the transcript names by any of its names or aliases ("toilet" for "toilets",
+"checkout" for "self-checkout": what the agent's retrieval needs to find the right entry). False terms: pack terms in a
 transcript that were not said (what a prompt could make Whisper invent). WER after Whisper's
 English normaliser. Accuracy does not depend on the machine's load; times do.
 
@@ -115,18 +117,28 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--snr-db", type=float, nargs="+", default=[20.0, 10.0],
+    ap.add_argument("--snr-db", type=float, nargs="*", default=[20.0, 10.0],
                     help="white-noise SNRs of the noisy copies (dB, relative to the speech's RMS)")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--out", default=str(REPO / "artifacts" / "bench_recognition.json"))
     args = ap.parse_args()
 
     from agent.pack import load_pack
-    from agent.vocabulary import pack_vocabulary
+    from agent.vocabulary import entry_terms, pack_vocabulary
     from perception import Perception, PerceptionConfig
 
     load_avg_start = os.getloadavg()
-    vocabulary = tuple(pack_vocabulary(load_pack()))
+    pack = load_pack()
+    vocabulary = tuple(pack_vocabulary(pack))
+    entries = entry_terms(pack)
+    # Each question term → every way of naming its entry.
+    forms_of = {}
+    for _, terms in QUESTIONS:
+        for t in terms:
+            entry = next((e for e in entries if term_form(t) in {term_form(f) for f in e}), None)
+            if entry is None:
+                raise SystemExit(f"question term {t!r} names no pack entry")
+            forms_of[t] = [term_form(f) for f in entry]
     for text in NEGATIVES:
         said = [t for t in vocabulary if term_form(t) in term_form(text)]
         if said:
@@ -165,10 +177,11 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
             errors, words = word_errors(text, heard)
             found = sum(term_form(t) in term_form(heard) for t in terms)
+            entry_found = sum(any(f in term_form(heard) for f in forms_of[t]) for t in terms)
             invented = sum(term_form(t) in term_form(heard) and term_form(t) not in term_form(text) for t in vocabulary)
             for group in (condition, "all"):
-                r = rows.setdefault(group, {"errors": 0, "words": 0, "terms": 0, "found": 0, "invented": 0, "clips": 0,
-                                            "negatives": 0, "false_term_clips": 0})
+                r = rows.setdefault(group, {"errors": 0, "words": 0, "terms": 0, "found": 0, "entry_found": 0,
+                                            "invented": 0, "clips": 0, "negatives": 0, "false_term_clips": 0})
                 if not terms:        # a negative: only whether a pack term was heard in it counts
                     r["negatives"] += 1
                     r["false_term_clips"] += invented > 0
@@ -177,18 +190,21 @@ def main() -> None:
                 r["words"] += words
                 r["terms"] += len(terms)
                 r["found"] += found
+                r["entry_found"] += entry_found
                 r["invented"] += invented
                 r["clips"] += 1
             detail.append({"text": text, "voice": voice, "speed": speed, "condition": condition, "heard": heard,
-                           "terms_found": found})
+                           "terms_found": found, "entries_found": entry_found})
         results[key] = {"label": label, "median_ms": 1000 * statistics.median(times),
                         **{g: {"wer": r["errors"] / r["words"], "term_recall": r["found"] / r["terms"],
+                               "entry_recall": r["entry_found"] / r["terms"],
                                "invented_terms": r["invented"], "clips": r["clips"], "negatives": r["negatives"],
                                "false_term_clips": r["false_term_clips"]} for g, r in rows.items()}}
         samples[key] = detail
         r = results[key]     # each configuration's row as soon as it is done (a full run takes long)
-        print(f"{r['label']:24s} " + " ".join(f"{c} {r[c]['wer']:.3f} / {100 * r[c]['term_recall']:.1f}%"
-                                              for c in conditions) + f" median {r['median_ms']:.0f} ms", flush=True)
+        print(f"{r['label']:24s} " + " ".join(f"{c} {r[c]['wer']:.3f} / {100 * r[c]['term_recall']:.1f}% "
+                                              f"(entry {100 * r[c]['entry_recall']:.1f}%)" for c in conditions)
+              + f" median {r['median_ms']:.0f} ms", flush=True)
         write(dict(results), dict(samples), os.getloadavg())
     load_avg_end = os.getloadavg()
 
@@ -197,13 +213,14 @@ def main() -> None:
           f"espeak-ng voices × {len(SPEEDS)} speeds × clean + white noise at {snrs} dB SNR = {len(clips)} clips per "
           f"configuration; demo pack vocabulary ({len(vocabulary)} terms); load average {load_avg_start[0]:.2f} → "
           f"{load_avg_end[0]:.2f}")
-    print("WER / key-term recall per condition (questions); invented = pack terms in a question's transcript that "
-          "were not said; false = negatives' clips with a pack term heard, per condition")
+    print("WER / key-term recall (entry recall) per condition (questions); invented = pack terms in a question's "
+          "transcript that were not said; false = negatives' clips with a pack term heard, per condition")
     print(f"{'configuration':24s} " + " ".join(f"{c:>20s}" for c in conditions) + f" {'invented':>9s} "
           f"{'false':>14s} {'median ms':>10s}")
     for key in args.configs:
         r = results[key]
-        cells = " ".join(f"{r[c]['wer']:9.3f} / {100 * r[c]['term_recall']:5.1f}%" for c in conditions)
+        cells = " ".join(f"{r[c]['wer']:9.3f} / {100 * r[c]['term_recall']:5.1f}% ({100 * r[c]['entry_recall']:5.1f}%)"
+                         for c in conditions)
         false = "/".join(str(r[c]["false_term_clips"]) for c in conditions[:-1])
         print(f"{r['label']:24s} {cells} {r['all']['invented_terms']:>9d} {false:>14s} {r['median_ms']:10.0f}")
     if "tiny" in samples and "tiny-biased" in samples:

@@ -92,6 +92,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--out", default="artifacts/bench_semantic_vad.json")
+    ap.add_argument("--verbose", action="store_true",
+                    help="run the server with -v and keep its end-of-turn timing lines (Smart Turn, transcript, "
+                         "text model) in the JSON")
     args = ap.parse_args()
 
     from voice import Synthesizer, VoiceConfig
@@ -116,7 +119,8 @@ def main() -> int:
     start = machine()
     rows, detail = [], []
     with tempfile.TemporaryDirectory() as state:
-        srv = Server({"pipeline": {"max_output_tokens": 16}}, state, "semantic_vad")
+        srv = Server({"pipeline": {"max_output_tokens": 16}}, state, "semantic_vad",
+                     verbose=args.verbose)
         try:
             # Warm-up: the first semantic_vad session starts loading Smart Turn and SmolLM2.
             warm = utts[0][3]
@@ -146,9 +150,14 @@ def main() -> int:
                                                                    for p in args.pauses), flush=True)
         finally:
             srv.stop()
+    timings = [line.strip() for line in srv.log if "end of turn" in line or "speculative transcript" in line
+               or "first-pass transcript" in line or "TurnCheck" in line]
+    for line in timings[-12:]:
+        print(line)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine_start": start, "machine_end": machine(), "rows": rows, "detail": detail},
+    out.write_text(json.dumps({"machine_start": start, "machine_end": machine(), "rows": rows, "detail": detail,
+                               "end_of_turn_log": timings},
                               indent=1))
     print(f"machine {start} → load {machine()['loadavg_1_5_15']}; wrote {out}")
     return 0

@@ -31,7 +31,7 @@ class ServeProcess:
     ``log`` (every line it printed). The models load in the subprocess (up to ``start_timeout_s``)."""
 
     def __init__(self, cfg: dict[str, Any], state_dir: str | Path, name: str, *,
-                 args: Sequence[str] = (), start_timeout_s: float = 600.0) -> None:
+                 args: Sequence[str] = (), start_timeout_s: float = 600.0, verbose: bool = False) -> None:
         state = Path(state_dir)
         state.mkdir(parents=True, exist_ok=True)
         self.state_dir = str(state)
@@ -39,7 +39,7 @@ class ServeProcess:
         self.cfg_file.write_text(json.dumps({"port": 0, "state_dir": self.state_dir, **cfg}))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(self.cfg_file),
+        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", *(["-v"] if verbose else []), "serve", "--config", str(self.cfg_file),
                                       *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env)
         assert self.proc.stdout is not None

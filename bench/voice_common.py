@@ -27,8 +27,9 @@ CHUNK_S = 0.02
 class Server(ServeProcess):
     """``mmagent serve --config`` in a subprocess on a free port (the models load in it)."""
 
-    def __init__(self, cfg: dict[str, Any], state_dir: str, name: str) -> None:
-        super().__init__({"limits": {"max_sessions": 256, "max_sessions_per_token": 256}, **cfg}, state_dir, name)
+    def __init__(self, cfg: dict[str, Any], state_dir: str, name: str, *, verbose: bool = False) -> None:
+        super().__init__({"limits": {"max_sessions": 256, "max_sessions_per_token": 256}, **cfg}, state_dir, name,
+                         verbose=verbose)
 
 
 def espeak(text: str, voice: str = "en-us", speed: int = 160) -> np.ndarray:

@@ -82,6 +82,19 @@ async def run(url: str, n: int, turns: int, voices: list[np.ndarray], audio: boo
             "errors": res["errors"], "raw": {k: [round(v, 1) for v in res[k]] for k in ("audio", "text")}}
 
 
+def text_model_batches(url: str) -> dict[str, float]:
+    """From the server's /metrics: SmolLM2's end-of-turn passes and the transcripts they served
+    (sessions pausing together share a pass)."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(url + "metrics", timeout=10).read().decode()
+    values = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^mmagent_batch_size_(sum|count)\{model="turn_text"\} (\S+)$', text, re.MULTILINE)}
+    passes, served = values.get("count", 0.0), values.get("sum", 0.0)
+    return {"passes": passes, "transcripts": served, "mean_batch": round(served / passes, 2) if passes else 0.0}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[1, 8])
@@ -115,6 +128,9 @@ def main() -> int:
                 r["loadavg_after"] = machine()["loadavg_1_5_15"]
                 print(json.dumps({k: v for k, v in r.items() if k != "raw"}), flush=True)
                 results["runs"].append(r)
+        if "semantic_vad" in args.turn_detection:
+            results["turn_text_batches"] = text_model_batches(srv.url)
+            print("text end-of-turn model passes:", results["turn_text_batches"])
     finally:
         srv.stop()
     results["machine_after"] = machine()

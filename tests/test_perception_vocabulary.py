@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.pack import load_pack
-from agent.vocabulary import pack_vocabulary
+from agent.vocabulary import entry_terms, pack_vocabulary
 from perception import ConfigError, Perception, PerceptionConfig
 from perception.models import WHISPER_BASE_SHA256, WHISPER_BASE_SIZE, whisper_base_dir
 from perception.speech import MAX_VOCABULARY_CHARS, vocabulary_prompt
@@ -43,6 +43,17 @@ def test_pack_vocabulary_reads_names_titles_keywords_and_aliases() -> None:
     assert pack_vocabulary(SimpleNamespace(entries=[entry, bare])) == ["long-life AA batteries", "double A batteries",
                                                                                "Duracell"]
     assert pack_vocabulary(SimpleNamespace(entries=[bare])) == []
+
+
+def test_entry_terms_name_each_entry_every_way_but_keywords() -> None:
+    """Each entry's spoken names (name, title, aliases), keywords left out: several entries share them."""
+    entry = SimpleNamespace(name="Long-life AA batteries (4 pack)", title="AA batteries location", keywords=("Duracell",),
+                            aliases=("Double A batteries",))
+    bare = SimpleNamespace(name="", title="", keywords=())
+    assert entry_terms(SimpleNamespace(entries=[entry, bare])) == [
+        ["long-life AA batteries", "AA batteries", "double A batteries"], []]
+    toilets = next(forms for forms in entry_terms(load_pack()) if "toilets" in forms)
+    assert "toilet" in toilets
 
 
 def test_vocabulary_prompt() -> None:
