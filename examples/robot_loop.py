@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                             "max": round(float(err_ms.max()), 3)},
         "period_error_while_streaming_ms": {"p99": round(float(np.percentile(err_stream, 99)), 3),
                                             "n": len(periods_streaming)},
+        # The three worst ticks (tick number, error in ms): where in the run the loop lost time.
+        "worst_ticks": [[int(i) + 1, round(float(err_ms[i]), 3)] for i in np.argsort(err_ms)[::-1][:3]],
     }
     print(f"\nloop period error: p50 {summary['period_error_ms']['p50']} ms, "
           f"p99 {summary['period_error_ms']['p99']} ms, max {summary['period_error_ms']['max']} ms "
