@@ -303,9 +303,6 @@ class TextTurnModel:
             raise ModelLoadError(f"language model has no single tokens for {TEXT_END_TOKENS}")
         self.end_ids = torch.tensor(ids, device=self.device)
         self.prefix = self.tokenizer("<|im_start|>user\n", add_special_tokens=False)["input_ids"]
-        # A causal LM as transformers builds it: the decoder body, then the vocabulary head.
-        self._body = getattr(self.model, "model", None)
-        self._head = getattr(self.model, "lm_head", None)
         self._lock = threading.Lock()
 
     def probability(self, transcript: str) -> float:
@@ -334,13 +331,7 @@ class TextTurnModel:
         last = torch.tensor([len(ids) - 1 for _, ids in rows], device=self.device)
         rows_at = torch.arange(len(rows), device=self.device)
         with self._lock, torch.inference_mode():
-            if self._body is not None and self._head is not None:
-                # The vocabulary projection only at each row's last token (the same numbers as
-                # the whole model's logits there, without 49,152 × 576 per other position).
-                hidden = self._body(x, attention_mask=mask, use_cache=False).last_hidden_state[rows_at, last]
-                logits = self._head(hidden)
-            else:
-                logits = self.model(x, attention_mask=mask, use_cache=False).logits[rows_at, last]
+            logits = self.model(x, attention_mask=mask, use_cache=False).logits[rows_at, last]
             ends = torch.softmax(logits.float(), -1)
             p = ends[:, self.end_ids].sum(-1).tolist()
         for (i, _), q in zip(rows, p, strict=True):
