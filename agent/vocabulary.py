@@ -30,19 +30,22 @@ def _spoken(term: str, heading: bool = False) -> str:
     return " ".join(words)
 
 
+def _entry_names(entry: Any) -> tuple[str, str, list[str]]:
+    """An entry's name, title (a trailing "location" or "policy" dropped: people say "service
+    desk", not "service desk location") and aliases, as said mid-sentence ("" where absent)."""
+    name = _spoken(entry.name) if getattr(entry, "name", "") else ""
+    title = _LOCATION.sub("", _spoken(entry.title, heading=True)) if getattr(entry, "title", "") else ""
+    return name, title, [_spoken(a) for a in getattr(entry, "aliases", ()) or ()]
+
+
 def entry_terms(pack: Any) -> list[list[str]]:
-    """Each entry's spoken names: its product name, its title (without a trailing "location" or
-    "policy") and its aliases, in that order — the ways a customer names that one entry (its
-    keywords are left out: several entries share them)."""
+    """Each entry's spoken names: its product name, its title and its aliases, in that order —
+    the ways a customer names that one entry (its keywords are left out: several entries share
+    them)."""
     out = []
     for entry in getattr(pack, "entries", ()):
-        forms = []
-        if getattr(entry, "name", ""):
-            forms.append(_spoken(entry.name))
-        if getattr(entry, "title", ""):
-            forms.append(_LOCATION.sub("", _spoken(entry.title, heading=True)))
-        forms += [_spoken(a) for a in getattr(entry, "aliases", ()) or ()]
-        out.append([f for f in forms if f])
+        name, title, aliases = _entry_names(entry)
+        out.append([f for f in (name, title, *aliases) if f])
     return out
 
 
@@ -58,11 +61,10 @@ def pack_vocabulary(pack: Any) -> list[str]:
     names, titles, keywords = [], [], []
     alias_lists: list[list[str]] = []
     for entry in getattr(pack, "entries", ()):
-        if getattr(entry, "name", ""):
-            names.append(_spoken(entry.name))
-        if getattr(entry, "title", ""):
-            titles.append(_LOCATION.sub("", _spoken(entry.title, heading=True)))
-        alias_lists.append([_spoken(a) for a in getattr(entry, "aliases", ()) or ()])
+        name, title, aliases = _entry_names(entry)
+        names.append(name)
+        titles.append(title)
+        alias_lists.append(aliases)
         keywords += [_spoken(k) for k in getattr(entry, "keywords", ()) or ()]
     aliases = [lst[i] for i in range(max(map(len, alias_lists), default=0)) for lst in alias_lists if i < len(lst)]
     seen: set[str] = set()

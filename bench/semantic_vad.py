@@ -150,8 +150,7 @@ def main() -> int:
                                                                    for p in args.pauses), flush=True)
         finally:
             srv.stop()
-    timings = [line.strip() for line in srv.log if "end of turn" in line or "speculative transcript" in line
-               or "first-pass transcript" in line or "TurnCheck" in line]
+    timings = [line.strip() for line in srv.log if "end of turn" in line]
     for line in timings[-12:]:
         print(line)
     out = Path(args.out)
